@@ -1,0 +1,28 @@
+# `make run` trains the default config; `make test` runs the test suite.
+# Both create .venv with everything needed on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= configs/shakespeare_char.py
+WORKDIR ?= runs/shakespeare_char
+
+$(BIN)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+.PHONY: install run test test-all bench
+install: $(BIN)/.installed
+
+run: $(BIN)/.installed
+	$(BIN)/python -m experiments.run --config=$(CONFIG) --workdir=$(WORKDIR)
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q
+
+test-all: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m ""
+
+bench: $(BIN)/.installed
+	$(BIN)/python -m experiments.bench_train

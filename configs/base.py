@@ -1,0 +1,48 @@
+"""Pieces shared by the config files: the default corpus and `:arg` parsing.
+
+Config args follow big_vision: `--config=configs/X.py:smoke,tokenizer=bpe` gives
+`get_config("smoke,tokenizer=bpe")`; bare words are boolean flags.
+"""
+
+import os
+
+import ml_collections
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_SHAKESPEARE = os.path.join(REPO_ROOT, "data", "tinyshakespeare.txt")
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """'smoke,tokenizer=bpe' -> {smoke: True, tokenizer: 'bpe'}; unknown keys are errors."""
+  parsed = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    if key not in defaults:
+      raise ValueError(f"unknown config arg {key!r}; known: {sorted(defaults)}")
+    default = defaults[key]
+    if not value:
+      parsed[key] = True
+    elif isinstance(default, bool):
+      parsed[key] = value.lower() in ("1", "true", "yes")
+    else:
+      parsed[key] = type(default)(value)
+  return ml_collections.ConfigDict(parsed)
+
+
+def make_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks any LM config to a run of a few seconds that still exercises everything."""
+  config.model.num_layers = min(config.model.num_layers, 2)
+  config.model.num_heads = min(config.model.num_heads, 2)
+  config.model.embed_dim = min(config.model.embed_dim, 64)
+  config.model.mlp_dim = 4 * config.model.embed_dim
+  config.data.seq_len = min(config.data.seq_len, 32)
+  config.model.max_len = config.data.seq_len
+  config.data.batch_size = min(config.data.batch_size, 8)
+  config.optim.warmup_steps = 5
+  config.train.num_steps = 40
+  config.train.log_every = 10
+  config.train.eval_every = 20
+  config.train.checkpoint_every = 20
+  config.train.steps_per_call = 10
+  config.sample.max_new_tokens = 50
+  return config

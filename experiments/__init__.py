@@ -1,0 +1,1 @@
+"""Runnable experiments: `python -m experiments.run --config=configs/X.py --workdir=DIR`."""

@@ -1,0 +1,82 @@
+"""The one entry point.
+
+  python -m experiments.run --config=configs/X.py --workdir=DIR [--config.a.b=v ...]
+  python -m experiments.run --workdir=DIR --mode=sample --prompt="ROMEO:" --temperature=0.8
+  python -m experiments.run --workdir=DIR --mode=score --text="To be, or not to be"
+
+`--mode=train` dispatches to `experiments/<config.kind>.py::run(config, workdir)`;
+without --config it resumes the workdir's own config.json. Bad input exits with
+status 2 and one line on stderr.
+"""
+
+import importlib
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from lm.errors import UserError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:args]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created if missing).")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "score"], "What to do.")
+_PROMPT = flags.DEFINE_string("prompt", None, "sample: text to continue.")
+_TEMPERATURE = flags.DEFINE_float("temperature", None, "sample: 0 argmax, 1 model, inf uniform.")
+_TOP_K = flags.DEFINE_integer("top_k", None, "sample: keep the k most likely tokens (0 = off).")
+_TOP_P = flags.DEFINE_float("top_p", None, "sample: nucleus mass (1 = off).")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", None, "sample: tokens to generate.")
+_SEED = flags.DEFINE_integer("seed", None, "sample: random seed.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "sample: independent samples.")
+_TEXT = flags.DEFINE_string("text", None, "score: the text to score.")
+
+
+def _train_config():
+  from lm import config as config_lib
+  from lm.workdir import CONFIG
+  if _CONFIG.value is not None:
+    return config_lib.from_dict(_CONFIG.value.to_dict())
+  saved = os.path.join(_WORKDIR.value, CONFIG)
+  if not os.path.exists(saved):
+    raise UserError(f"--config is required: {saved} does not exist to resume from")
+  return config_lib.load_json(saved)
+
+
+def _main(argv):
+  if len(argv) > 1:
+    raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not _WORKDIR.value:
+    raise UserError("--workdir is required")
+  workdir = _WORKDIR.value
+  if _MODE.value == "train":
+    config = _train_config()
+    try:
+      module = importlib.import_module(f"experiments.{config.kind}")
+    except ModuleNotFoundError:
+      raise UserError(f"unknown experiment kind {config.kind!r}: no experiments/"
+                      f"{config.kind}.py") from None
+    module.run(config, workdir)
+  elif _MODE.value == "sample":
+    from experiments.sample import sample
+    sample(workdir, prompt=_PROMPT.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
+           top_p=_TOP_P.value, max_new_tokens=_MAX_NEW.value, seed=_SEED.value,
+           num_samples=_NUM_SAMPLES.value)
+  else:
+    from experiments.sample import score
+    if _TEXT.value is None:
+      raise UserError("--mode=score needs --text")
+    score(workdir, _TEXT.value)
+
+
+def main(argv):
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  try:
+    _main(argv)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,68 @@
+"""The grain input pipeline: random training windows and exhaustive eval windows.
+
+Training draws windows at uniformly random offsets. The offset of window i is a
+pure function of (seed, i) (grain's `random_map`), so the iterator's whole state
+is one integer, `next_index`: checkpointable and exactly resumable.
+
+Each example is {"inputs": x[s:s+T], "targets": x[s+1:s+T+1]}.
+"""
+
+import grain
+import numpy as np
+
+from lm.errors import UserError
+
+_ENDLESS = 2**62  # grain datasets need a length; this one never runs out
+
+
+def train_dataset(tokens: np.ndarray, seq_len: int, batch_size: int, seed: int):
+  """Endless batches of random windows: a grain MapDataset indexed by example number."""
+  tokens = np.asarray(tokens, np.int32)
+  num_starts = len(tokens) - seq_len
+  if num_starts < 1:
+    raise UserError(f"the training split has {len(tokens)} tokens, fewer than one window of "
+                    f"seq_len+1={seq_len + 1}; use a longer corpus or a smaller data.seq_len")
+
+  def window(_, rng: np.random.Generator):
+    start = rng.integers(0, num_starts)
+    chunk = tokens[start:start + seq_len + 1]
+    return {"inputs": chunk[:-1], "targets": chunk[1:]}
+
+  return (grain.MapDataset.range(_ENDLESS)
+          .random_map(window, seed=seed)
+          .batch(batch_size, drop_remainder=True))
+
+
+def train_iterator(tokens, seq_len: int, batch_size: int, seed: int):
+  """A checkpointable iterator: `get_state()` / `set_state()` give the data position."""
+  return iter(train_dataset(tokens, seq_len, batch_size, seed).to_iter_dataset())
+
+
+def next_chunk(iterator, num_batches: int) -> dict:
+  """Stacks the next `num_batches` batches along a new leading axis (for lax.scan)."""
+  batches = [next(iterator) for _ in range(num_batches)]
+  return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+
+
+def eval_batches(tokens: np.ndarray, seq_len: int, batch_size: int) -> list[dict]:
+  """Non-overlapping windows covering every token of `tokens` once as a target.
+
+  The last window and the last batch are padded; padding has weight 0, so the mean
+  loss is over exactly len(tokens) - 1 predictions.
+  """
+  tokens = np.asarray(tokens, np.int32)
+  num_targets = len(tokens) - 1
+  if num_targets < 1:
+    raise UserError(f"the validation split has {len(tokens)} tokens; it needs at least 2 "
+                    f"(raise data.val_fraction or use a longer corpus)")
+  num_windows = -(-num_targets // seq_len)
+  num_batches = -(-num_windows // batch_size)
+  padded = np.zeros(num_batches * batch_size * seq_len + 1, np.int32)
+  padded[:len(tokens)] = tokens
+  weights = np.zeros(num_batches * batch_size * seq_len, np.float32)
+  weights[:num_targets] = 1.0
+  shape = (num_batches, batch_size, seq_len)
+  inputs, targets = padded[:-1].reshape(shape), padded[1:].reshape(shape)
+  weights = weights.reshape(shape)
+  return [{"inputs": inputs[i], "targets": targets[i], "weights": weights[i]}
+          for i in range(num_batches)]

@@ -1,0 +1,1 @@
+"""Shared Transformer pieces used by every model family."""

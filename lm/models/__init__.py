@@ -1,0 +1,1 @@
+"""One file per model family, each built from `lm.layers`."""

@@ -1,0 +1,21 @@
+"""Model families by name: `family -> (config dataclass, flax module)`.
+
+New families register here; the trainer and the runner look models up by name.
+"""
+
+from lm.models.gpt import GPT, GPTConfig
+
+FAMILIES = {
+    "gpt": (GPTConfig, GPT),
+}
+
+
+def model_config_class(family: str):
+  from lm.errors import UserError
+  if family not in FAMILIES:
+    raise UserError(f"unknown model family {family!r}; known: {sorted(FAMILIES)}")
+  return FAMILIES[family][0]
+
+
+def build_model(family: str, config):
+  return FAMILIES[family][1](config)

@@ -1,0 +1,59 @@
+"""Orbax checkpoints holding the train state and the data iterator position together.
+
+Layout: `WORKDIR/checkpoints/<step>/{state,data}`. Orbax writes each step to a
+temporary directory and renames it when complete, so a crash mid-save never
+damages an earlier checkpoint. Saves are synchronous: the train step donates its
+input buffers, so nothing may still be reading them after `save` returns.
+"""
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from lm.errors import UserError
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in flat}
+
+
+class Checkpointer:
+
+  def __init__(self, workdir: str, keep: int = 3):
+    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self._manager = ocp.CheckpointManager(
+        self.directory, item_names=("state", "data"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             enable_async_checkpointing=False))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state, data_state: dict):
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
+
+  def restore(self, abstract_state, step: int | None = None):
+    """Restores (state, data_state); a checkpoint of another model shape is a UserError."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise UserError(f"no checkpoint found in {self.directory}")
+    self._check_shapes(step, abstract_state.params)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    return restored["state"], restored["data"]
+
+  def _check_shapes(self, step: int, abstract_params):
+    saved = _shapes(self._manager.item_metadata(step)["state"]["params"])
+    expected = _shapes(abstract_params)
+    for name in sorted(set(saved) | set(expected)):
+      if saved.get(name) != expected.get(name):
+        raise UserError(
+            f"checkpoint {self.directory}/{step} does not match the model: parameter "
+            f"{name} is {saved.get(name, 'absent')} in the checkpoint but "
+            f"{expected.get(name, 'absent')} in the config")
+
+  def close(self):
+    self._manager.close()

@@ -1,0 +1,29 @@
+"""AdamW with warmup + cosine decay, global-norm clipping and decoupled weight decay."""
+
+import jax
+import optax
+
+from lm.config import OptimConfig
+
+
+def learning_rate_schedule(config: OptimConfig, num_steps: int) -> optax.Schedule:
+  """Linear warmup from 0 to `lr`, then cosine decay to `min_lr` at `num_steps`."""
+  warmup = min(config.warmup_steps, num_steps)
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=config.lr, warmup_steps=warmup,
+      decay_steps=max(num_steps, warmup + 1), end_value=config.min_lr)
+
+
+def decay_mask(params):
+  """Weight decay on matrices and embeddings only; biases and norm scales are exempt."""
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(config: OptimConfig, num_steps: int) -> optax.GradientTransformation:
+  parts = []
+  if config.grad_clip > 0:
+    parts.append(optax.clip_by_global_norm(config.grad_clip))
+  parts.append(optax.adamw(learning_rate_schedule(config, num_steps), b1=config.b1,
+                           b2=config.b2, eps=config.eps, weight_decay=config.weight_decay,
+                           mask=decay_mask))
+  return optax.chain(*parts)

@@ -1,0 +1,67 @@
+"""What a run keeps in its workdir besides checkpoints, and loading a trained model back.
+
+WORKDIR/config.json       the resolved ExperimentConfig (vocab size filled in)
+WORKDIR/tokenizer.json    the tokenizer, so resumes and sampling use the same vocab
+WORKDIR/token_prior.json  unigram log-probs of the training split (scores the first token)
+"""
+
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+
+from lm import config as config_lib
+from lm.data.tokenizers import load_tokenizer
+from lm.errors import UserError
+from lm.models.registry import build_model
+
+CONFIG = "config.json"
+TOKENIZER = "tokenizer.json"
+TOKEN_PRIOR = "token_prior.json"
+
+
+def unigram_logprobs(ids: np.ndarray, vocab_size: int) -> np.ndarray:
+  """Add-one smoothed unigram log-probabilities (every token gets non-zero mass)."""
+  counts = np.bincount(ids, minlength=vocab_size).astype(np.float64) + 1.0
+  return np.log(counts / counts.sum())
+
+
+def save_token_prior(workdir: str, logprobs: np.ndarray):
+  with open(os.path.join(workdir, TOKEN_PRIOR), "w") as f:
+    json.dump(logprobs.tolist(), f)
+
+
+@dataclasses.dataclass
+class TrainedModel:
+  config: config_lib.ExperimentConfig
+  model: object
+  params: object
+  tokenizer: object
+  token_prior: np.ndarray
+  step: int
+
+
+def load_trained(workdir: str) -> TrainedModel:
+  """Config, tokenizer and the latest checkpoint's params of a finished or running run."""
+  from lm.train.checkpoint import Checkpointer  # local: keeps lm.workdir light to import
+  from lm.train.trainer import abstract_train_state
+
+  config_path = os.path.join(workdir, CONFIG)
+  if not os.path.exists(config_path):
+    raise UserError(f"{workdir} is not a trained workdir: {CONFIG} is missing")
+  config = config_lib.load_json(config_path)
+  checkpointer = Checkpointer(workdir)
+  step = checkpointer.latest_step()
+  if step is None:
+    raise UserError(f"no checkpoint in {workdir}/checkpoints: train first, e.g. "
+                    f"python -m experiments.run --config=configs/shakespeare_char.py "
+                    f"--workdir={workdir}")
+  model = build_model(config.family, config.model)
+  state, _ = checkpointer.restore(abstract_train_state(config, model), step)
+  checkpointer.close()
+  tokenizer = load_tokenizer(os.path.join(workdir, TOKENIZER))
+  with open(os.path.join(workdir, TOKEN_PRIOR)) as f:
+    prior = np.asarray(json.load(f), np.float64)
+  return TrainedModel(config, model, jax.device_get(state.params), tokenizer, prior, step)

@@ -1,0 +1,26 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="lm",
+    version="0.1.0",
+    description="A JAX/Flax research codebase for language models.",
+    python_requires=">=3.10",
+    packages=find_packages(include=["lm", "lm.*", "configs", "experiments"]),
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.11",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.11",
+        "grain>=0.2.12",
+        "ml-collections>=1.0",
+        "absl-py",
+        "numpy",
+        "tokenizers>=0.20",
+        "tensorboardX>=2.6",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist"],
+        "bench": ["torch"],  # the PyTorch reference in experiments/bench_train.py
+    },
+)
