@@ -42,7 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.dropout = 0.0
   c.model.use_bias = True
   c.model.tie_embeddings = True
-  c.model.dtype = "float32"
+  c.model.matmul_dtype = "float32"
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-3

@@ -17,20 +17,26 @@ import numpy as np
 
 from lm.errors import UserError
 
+_TOP_P_SLACK = 1e-6
+
 
 def allowed_tokens(logits_BV, top_k: int, top_p: float):
   """Boolean mask of tokens that survive top-k (0 = off) then top-p (1 = off)."""
   vocab = logits_BV.shape[-1]
-  keep_BV = jnp.ones(logits_BV.shape, bool)
+  keep_BV = logits_BV > -jnp.inf  # probability-0 tokens are never allowed (even at T = inf)
   if 0 < top_k < vocab:
     _, idx_Bk = jax.lax.top_k(logits_BV, top_k)
-    keep_BV = jnp.zeros(logits_BV.shape, bool).at[jnp.arange(logits_BV.shape[0])[:, None],
-                                                   idx_Bk].set(True)
+    keep_BV &= jnp.zeros(logits_BV.shape, bool).at[jnp.arange(logits_BV.shape[0])[:, None],
+                                                    idx_Bk].set(True)
   probs_BV = jax.nn.softmax(jnp.where(keep_BV, logits_BV, -jnp.inf), axis=-1)
   order_BV = jnp.argsort(-probs_BV, axis=-1)
   sorted_BV = jnp.take_along_axis(probs_BV, order_BV, axis=-1)
   mass_before_BV = jnp.cumsum(sorted_BV, axis=-1) - sorted_BV
-  keep_sorted_BV = mass_before_BV < top_p  # the top token always has mass_before 0
+  # Keep the smallest prefix with mass >= top_p. The slack absorbs float32 rounding at
+  # the exact boundary (0.5 + 0.3 = 0.79999995); top_p = 1 means off, and the most
+  # likely token is always kept.
+  keep_sorted_BV = (mass_before_BV < top_p - _TOP_P_SLACK) | (top_p >= 1.0)
+  keep_sorted_BV = keep_sorted_BV.at[:, 0].set(True)
   nucleus_BV = jnp.zeros_like(keep_BV).at[jnp.arange(logits_BV.shape[0])[:, None],
                                           order_BV].set(keep_sorted_BV)
   return keep_BV & nucleus_BV

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lm.errors import UserError
+
 
 @functools.partial(jax.jit, static_argnames=("model",))
 def _window_logprobs(model, params, window_BS):
@@ -23,6 +25,8 @@ def next_token_logprobs(model, params, ids) -> np.ndarray:
   """(L-1, V) array: row i is log p(. | x_0..x_i), the distribution of token i+1."""
   ids = np.asarray(ids, np.int32)
   max_len = model.config.max_len
+  if max_len < 2:
+    raise UserError(f"scoring needs model.max_len >= 2 (one token of context), got {max_len}")
   num = len(ids) - 1
   if num <= 0:
     return np.zeros((0, model.config.vocab_size), np.float32)

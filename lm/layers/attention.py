@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from lm.layers import init
+from lm.layers.precision import dot_general_for
 
 
 class KVCache(NamedTuple):
@@ -44,14 +45,15 @@ class MultiHeadAttention(nn.Module):
   num_layers_for_init: int = 1  # scales the output projection init (GPT-2)
   dropout_rate: float = 0.0
   use_bias: bool = True
-  dtype: jnp.dtype = jnp.float32
+  matmul_dtype: str = "float32"  # bfloat16: bf16 operands, f32 accumulation
 
   @nn.compact
   def __call__(self, x_BTD, mask_B1TS, *, cache: KVCache | None = None,
                cache_index=None, deterministic: bool = True):
     d_model = x_BTD.shape[-1]
     proj = lambda name: nn.DenseGeneral(
-        (self.num_heads, self.head_dim), use_bias=self.use_bias, dtype=self.dtype,
+        (self.num_heads, self.head_dim), use_bias=self.use_bias,
+        dot_general=dot_general_for(self.matmul_dtype),
         kernel_init=init.normal(init.DEFAULT_STDDEV, ("embed", "heads", "head_dim")),
         bias_init=init.zeros(("heads", "head_dim")), name=name)
     q_BTNH, k_BTNH, v_BTNH = proj("query")(x_BTD), proj("key")(x_BTD), proj("value")(x_BTD)
@@ -69,7 +71,8 @@ class MultiHeadAttention(nn.Module):
     out_BTNH = dot_product_attention(q_BTNH, k_BSNH, v_BSNH, mask_B1TS, dropout_fn)
     out_stddev = init.DEFAULT_STDDEV / (2 * self.num_layers_for_init) ** 0.5
     y_BTD = nn.DenseGeneral(
-        d_model, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype,
+        d_model, axis=(-2, -1), use_bias=self.use_bias,
+        dot_general=dot_general_for(self.matmul_dtype),
         kernel_init=init.normal(out_stddev, ("heads", "head_dim", "embed")),
         bias_init=init.zeros(("embed",)), name="out")(out_BTNH)
     return y_BTD, cache

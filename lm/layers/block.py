@@ -4,7 +4,6 @@ x + Attn(LN(x)), then x + MLP(LN(x)); dropout on each residual branch.
 """
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from lm.layers.attention import KVCache, MultiHeadAttention
 from lm.layers.mlp import MLP
@@ -18,7 +17,7 @@ class PreLNBlock(nn.Module):
   num_layers_for_init: int
   dropout_rate: float = 0.0
   use_bias: bool = True
-  dtype: jnp.dtype = jnp.float32
+  matmul_dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x_BTD, mask_B1TS, *, cache: KVCache | None = None,
@@ -26,11 +25,11 @@ class PreLNBlock(nn.Module):
     residual_dropout = nn.Dropout(self.dropout_rate, deterministic=deterministic)
     h_BTD, cache = MultiHeadAttention(
         self.num_heads, self.head_dim, self.num_layers_for_init, self.dropout_rate,
-        self.use_bias, self.dtype, name="attn")(
+        self.use_bias, self.matmul_dtype, name="attn")(
             layer_norm("ln_attn", self.use_bias)(x_BTD), mask_B1TS, cache=cache,
             cache_index=cache_index, deterministic=deterministic)
     x_BTD = x_BTD + residual_dropout(h_BTD)
-    h_BTD = MLP(self.mlp_dim, self.num_layers_for_init, self.use_bias, self.dtype,
+    h_BTD = MLP(self.mlp_dim, self.num_layers_for_init, self.use_bias, self.matmul_dtype,
                 name="mlp")(layer_norm("ln_mlp", self.use_bias)(x_BTD))
     x_BTD = x_BTD + residual_dropout(h_BTD)
     return nn.with_logical_constraint(x_BTD, ("batch", "length", "embed")), cache

@@ -28,7 +28,7 @@ class GPTConfig:
   dropout: float = 0.0
   use_bias: bool = True
   tie_embeddings: bool = True
-  dtype: str = "float32"
+  matmul_dtype: str = "float32"  # "bfloat16": bf16 matmul operands, f32 everything else
 
   def __post_init__(self):
     if self.vocab_size < 0:
@@ -39,6 +39,8 @@ class GPTConfig:
     if min(self.num_layers, self.num_heads, self.embed_dim, self.mlp_dim, self.max_len) <= 0:
       raise ValueError("model sizes (num_layers, num_heads, embed_dim, mlp_dim, max_len) "
                        "must be positive")
+    if self.matmul_dtype not in ("float32", "bfloat16"):
+      raise ValueError(f"model.matmul_dtype must be float32 or bfloat16, got {self.matmul_dtype!r}")
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
@@ -52,7 +54,7 @@ class GPT(nn.Module):
 
   def init_cache(self, batch: int, length: int | None = None) -> list[KVCache]:
     c = self.config
-    return [KVCache.zeros(batch, length or c.max_len, c.num_heads, c.head_dim, jnp.dtype(c.dtype))
+    return [KVCache.zeros(batch, length or c.max_len, c.num_heads, c.head_dim)
             for _ in range(c.num_layers)]
 
   @nn.compact
@@ -60,7 +62,6 @@ class GPT(nn.Module):
                deterministic: bool = True):
     """Returns (logits_BTV, caches). Without caches, positions start at 0."""
     c = self.config
-    dtype = jnp.dtype(c.dtype)
     positions_BT = cache_index + jnp.arange(tokens_BT.shape[1])[None, :]
     positions_BT = jnp.broadcast_to(positions_BT, tokens_BT.shape)
     key_len = caches[0].k_BSNH.shape[1] if caches is not None else tokens_BT.shape[1]
@@ -71,13 +72,13 @@ class GPT(nn.Module):
     embed = TokenEmbedding(c.vocab_size, c.embed_dim, name="token_embed")
     x_BTD = embed(tokens_BT) + LearnedPositions(c.max_len, c.embed_dim, name="pos_embed")(
         positions_BT)
-    x_BTD = nn.Dropout(c.dropout, deterministic=deterministic)(x_BTD.astype(dtype))
+    x_BTD = nn.Dropout(c.dropout, deterministic=deterministic)(x_BTD)
     x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
 
     new_caches = []
     for i in range(c.num_layers):
       x_BTD, cache = PreLNBlock(c.num_heads, c.head_dim, c.mlp_dim, c.num_layers, c.dropout,
-                                c.use_bias, dtype, name=f"block_{i}")(
+                                c.use_bias, c.matmul_dtype, name=f"block_{i}")(
           x_BTD, mask_B1TS, cache=None if caches is None else caches[i],
           cache_index=cache_index, deterministic=deterministic)
       new_caches.append(cache)

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 
 import flax.linen as nn
@@ -140,7 +141,8 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
   val_loss = float("nan")
   best_val = previous.get("best_val_loss", float("nan"))
   progress = tqdm(total=t.num_steps, initial=step, desc="train", unit="step",
-                  dynamic_ncols=True, mininterval=0.5)
+                  dynamic_ncols=True, mininterval=0.5,
+                  disable=not sys.stderr.isatty())  # keep logs and CI output clean
   try:
     while step < t.num_steps:
       num = _next_boundary(step, t) - step
