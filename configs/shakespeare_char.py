@@ -53,6 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.eps = 1e-8
   c.optim.weight_decay = 0.1
   c.optim.grad_clip = 1.0
+  c.optim.ema_decay = 0.0  # > 0 also evaluates an EMA of the params (val_loss_ema)
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 2000

@@ -36,7 +36,11 @@ def _train_config():
   from lm import config as config_lib
   from lm.workdir import CONFIG
   if _CONFIG.value is not None:
-    return config_lib.from_dict(_CONFIG.value.to_dict())
+    try:
+      values = _CONFIG.value.to_dict()
+    except OSError as e:  # ml_collections defers "no such config file" to first use
+      raise UserError(f"cannot load --config: {str(e).strip().splitlines()[-1].strip()}") from None
+    return config_lib.from_dict(values)
   saved = os.path.join(_WORKDIR.value, CONFIG)
   if not os.path.exists(saved):
     raise UserError(f"--config is required: {saved} does not exist to resume from")
@@ -69,6 +73,36 @@ def _main(argv):
     score(workdir, _TEXT.value)
 
 
+def _flag_error(error: Exception, argv: list[str]) -> str:
+  """One line naming the bad flag: absl's own errors, or ml_collections' for --config.*."""
+  if isinstance(error, (AttributeError, KeyError)):
+    # ml_collections raises these for an override of a key the config lacks:
+    # AttributeError(KeyError("'key'\nDid you mean ...?")).
+    while error.args and isinstance(error.args[0], (AttributeError, KeyError)):
+      error = error.args[0]
+    text = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
+    key, *hint = text.split("\n")
+    key = key.strip("'\" ")
+    overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+    culprit = next((o for o in overrides if key in o.split(".")), None)
+    where = f" in {culprit}" if culprit else ""
+    return " ".join([f"unknown config key {key!r}{where}", *hint])
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  if "Traceback (most recent call last)" in str(error):
+    # A config file's get_config raised: its own exception is the last line.
+    return f"{lines[0]} {lines[-1]}"
+  return " ".join(lines)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """app.run's flag parser, but bad flags give one `error:` line and status 2."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # noqa: BLE001 -- any failure here is a bad command line
+    print(f"error: {_flag_error(e, argv)}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   try:
@@ -79,4 +113,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -49,10 +49,13 @@ class OptimConfig:
   eps: float = 1e-8
   weight_decay: float = 0.1  # applied to matrices only, not to biases and norms
   grad_clip: float = 1.0  # global-norm clipping; 0 disables
+  ema_decay: float = 0.0  # > 0: also keep an EMA of the params, evaluated as `val_loss_ema`
 
   def __post_init__(self):
     if self.lr <= 0 or self.min_lr < 0:
       raise UserError(f"optim.lr must be > 0 and optim.min_lr >= 0, got {self.lr}, {self.min_lr}")
+    if not 0.0 <= self.ema_decay < 1.0:
+      raise UserError(f"optim.ema_decay must be in [0, 1), got {self.ema_decay}")
 
 
 @dataclasses.dataclass(frozen=True)

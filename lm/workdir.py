@@ -52,7 +52,7 @@ def load_trained(workdir: str) -> TrainedModel:
   if not os.path.exists(config_path):
     raise UserError(f"{workdir} is not a trained workdir: {CONFIG} is missing")
   config = config_lib.load_json(config_path)
-  checkpointer = Checkpointer(workdir)
+  checkpointer = Checkpointer(workdir, create=False)
   step = checkpointer.latest_step()
   if step is None:
     raise UserError(f"no checkpoint in {workdir}/checkpoints: train first, e.g. "

@@ -1,8 +1,9 @@
 """The grain input pipeline: random training windows and exhaustive eval windows.
 
-Training draws windows at uniformly random offsets. The offset of window i is a
-pure function of (seed, i) (grain's `random_map`), so the iterator's whole state
-is one integer, `next_index`: checkpointable and exactly resumable.
+Training draws windows at uniformly random offsets. Batch i is a pure function of
+(seed, i) (grain's `random_map` seeds each element's generator from them), so the
+iterator's whole state is one integer, `next_index`: checkpointable and exactly
+resumable. One element is a whole batch, gathered with one vectorised index.
 
 Each example is {"inputs": x[s:s+T], "targets": x[s+1:s+T+1]}.
 """
@@ -23,14 +24,14 @@ def train_dataset(tokens: np.ndarray, seq_len: int, batch_size: int, seed: int):
     raise UserError(f"the training split has {len(tokens)} tokens, fewer than one window of "
                     f"seq_len+1={seq_len + 1}; use a longer corpus or a smaller data.seq_len")
 
-  def window(_, rng: np.random.Generator):
-    start = rng.integers(0, num_starts)
-    chunk = tokens[start:start + seq_len + 1]
-    return {"inputs": chunk[:-1], "targets": chunk[1:]}
+  offsets = np.arange(seq_len + 1)
 
-  return (grain.MapDataset.range(_ENDLESS)
-          .random_map(window, seed=seed)
-          .batch(batch_size, drop_remainder=True))
+  def batch(_, rng: np.random.Generator):
+    starts = rng.integers(0, num_starts, size=batch_size)
+    chunk = tokens[starts[:, None] + offsets]
+    return {"inputs": chunk[:, :-1], "targets": chunk[:, 1:]}
+
+  return grain.MapDataset.range(_ENDLESS).random_map(batch, seed=seed)
 
 
 def train_iterator(tokens, seq_len: int, batch_size: int, seed: int):

@@ -4,6 +4,7 @@ import jax
 import optax
 
 from lm.config import OptimConfig
+from lm.train.ema import param_ema
 
 
 def learning_rate_schedule(config: OptimConfig, num_steps: int) -> optax.Schedule:
@@ -26,4 +27,6 @@ def make_optimizer(config: OptimConfig, num_steps: int) -> optax.GradientTransfo
   parts.append(optax.adamw(learning_rate_schedule(config, num_steps), b1=config.b1,
                            b2=config.b2, eps=config.eps, weight_decay=config.weight_decay,
                            mask=decay_mask))
+  if config.ema_decay > 0:
+    parts.append(param_ema(config.ema_decay))
   return optax.chain(*parts)

@@ -27,6 +27,7 @@ from lm.models.registry import build_model
 from lm.objectives import causal_lm_loss
 from lm.sampling import generate
 from lm.train.checkpoint import Checkpointer
+from lm.train.ema import find_ema
 from lm.train.metrics import MetricsWriter, write_json
 from lm.train.optimizer import learning_rate_schedule, make_optimizer
 from lm.train.state import TrainState, create_train_state
@@ -130,8 +131,8 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
   tokens_per_step = config.data.batch_size * config.data.seq_len
   t = config.train
 
-  writer = MetricsWriter(workdir)
   step = int(state.step)
+  writer = MetricsWriter(workdir, resume_step=step)
   last_good_step = checkpointer.latest_step()
   train_time, timed_steps, compile_time = 0.0, 0, 0.0
   compiled_sizes = set()
@@ -139,6 +140,7 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
   previous = _read_json(os.path.join(workdir, "summary.json"))
   train_loss = previous.get("train_loss", float("nan"))
   val_loss = float("nan")
+  last_eval = {}
   best_val = previous.get("best_val_loss", float("nan"))
   progress = tqdm(total=t.num_steps, initial=step, desc="train", unit="step",
                   dynamic_ncols=True, mininterval=0.5,
@@ -180,6 +182,10 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
         val_loss = evaluate(eval_step, state.params, val_batches)
         best_val = val_loss if math.isnan(best_val) else min(best_val, val_loss)
         record = {**record, "val_loss": val_loss}
+        ema_params = find_ema(state.opt_state)
+        if ema_params is not None:
+          record["val_loss_ema"] = evaluate(eval_step, ema_params, val_batches)
+        last_eval = {k: v for k, v in record.items() if k.startswith("val_")}
         progress.write(f"step {step}: train_loss {train_loss:.4f} val_loss {val_loss:.4f}")
       if record:
         writer.write(step, record)
@@ -199,7 +205,7 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
       "steps": step, "params": num_params,
       "tokens_per_sec": timed_steps * tokens_per_step / train_time if train_time else None,
       "compile_time_s": compile_time, "wall_time_s": time.time() - start_time,
-      "tokenizer": tokenizer.kind, "vocab_size": tokenizer.vocab_size,
+      "tokenizer": tokenizer.kind, "vocab_size": tokenizer.vocab_size, **last_eval,
   }
   s = config.sample
   prompt_ids = tokenizer.encode(s.prompt)
