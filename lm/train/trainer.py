@@ -6,7 +6,6 @@ resumes from the latest checkpoint: train state and data position together.
 
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -94,6 +93,51 @@ def _read_json(path: str) -> dict:
     return json.load(f)
 
 
+class _Throughput:
+  """Tokens/s over training calls only; the first call of each scan length compiles."""
+
+  def __init__(self, tokens_per_step: int):
+    self.tokens_per_step = tokens_per_step
+    self.seconds, self.steps, self.compile_seconds = 0.0, 0, 0.0
+    self._compiled = set()
+
+  def add(self, num_steps: int, seconds: float):
+    if num_steps in self._compiled:
+      self.seconds, self.steps = self.seconds + seconds, self.steps + num_steps
+    else:
+      self._compiled.add(num_steps)
+      self.compile_seconds += seconds
+
+  @property
+  def tokens_per_sec(self) -> float:
+    return self.steps * self.tokens_per_step / self.seconds if self.seconds else float("nan")
+
+
+def _check_finite(losses: np.ndarray, step: int, last_good_step: int | None):
+  if np.all(np.isfinite(losses)):
+    return
+  first_bad = int(np.argmin(np.isfinite(losses)))
+  last_good = "none" if last_good_step is None else f"step {last_good_step}"
+  raise TrainingDiverged(f"loss became {losses[first_bad]} at step {step + first_bad + 1}; "
+                         f"stopped without saving (last good checkpoint: {last_good})")
+
+
+def _restore_or_init(config, model, tx, checkpointer, data_iter):
+  if checkpointer.latest_step() is None:
+    return create_train_state(init_params(model, config), tx)
+  state, data_state = checkpointer.restore(abstract_train_state(config, model))
+  data_iter.set_state(data_state)
+  print(f"resuming from {checkpointer.directory} at step {int(state.step)}")
+  return state
+
+
+def _save_run_files(workdir, config, tokenizer, train_ids):
+  config_lib.save_json(config, os.path.join(workdir, workdir_lib.CONFIG))
+  tokenizer.save(os.path.join(workdir, workdir_lib.TOKENIZER))
+  workdir_lib.save_token_prior(workdir, workdir_lib.unigram_logprobs(train_ids,
+                                                                      tokenizer.vocab_size))
+
+
 def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
   start_time = time.time()
   os.makedirs(workdir, exist_ok=True)
@@ -108,40 +152,33 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
   data_iter = train_iterator(train_ids, config.data.seq_len, config.data.batch_size,
                              config.data.seed)
   val_batches = eval_batches(val_ids, config.data.seq_len, config.data.eval_batch_size)
-
   checkpointer = Checkpointer(workdir, config.train.keep_checkpoints)
-  if checkpointer.latest_step() is not None:
-    state, data_state = checkpointer.restore(abstract_train_state(config, model))
-    data_iter.set_state(data_state)
-    print(f"resuming from {checkpointer.directory} at step {int(state.step)}")
-  else:
-    state = create_train_state(init_params(model, config), tx)
+  state = _restore_or_init(config, model, tx, checkpointer, data_iter)
   # Written only after the checkpoint check, so a mismatched config never
   # overwrites the description of the checkpoints already in the workdir.
-  config_lib.save_json(config, os.path.join(workdir, workdir_lib.CONFIG))
-  tokenizer.save(os.path.join(workdir, workdir_lib.TOKENIZER))
-  workdir_lib.save_token_prior(workdir, workdir_lib.unigram_logprobs(train_ids,
-                                                                      tokenizer.vocab_size))
+  _save_run_files(workdir, config, tokenizer, train_ids)
 
-  num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
   multi_step = make_multi_step(loss_fn, tx)
   eval_step = make_eval_step(loss_fn)
+
+  def evaluate_all(params_state) -> dict:
+    metrics = {"val_loss": evaluate(eval_step, params_state.params, val_batches)}
+    ema_params = find_ema(params_state.opt_state)
+    if ema_params is not None:
+      metrics["val_loss_ema"] = evaluate(eval_step, ema_params, val_batches)
+    return metrics
+
   schedule = learning_rate_schedule(config.optim, config.train.num_steps)
   base_rng = jax.random.key(config.train.seed)
-  tokens_per_step = config.data.batch_size * config.data.seq_len
   t = config.train
-
+  meter = _Throughput(config.data.batch_size * config.data.seq_len)
   step = int(state.step)
   writer = MetricsWriter(workdir, resume_step=step)
   last_good_step = checkpointer.latest_step()
-  train_time, timed_steps, compile_time = 0.0, 0, 0.0
-  compiled_sizes = set()
-  window_losses, record = [], {}
   previous = _read_json(os.path.join(workdir, "summary.json"))
   train_loss = previous.get("train_loss", float("nan"))
-  val_loss = float("nan")
-  last_eval = {}
   best_val = previous.get("best_val_loss", float("nan"))
+  last_eval, window_losses = {}, []
   progress = tqdm(total=t.num_steps, initial=step, desc="train", unit="step",
                   dynamic_ncols=True, mininterval=0.5,
                   disable=not sys.stderr.isatty())  # keep logs and CI output clean
@@ -149,47 +186,33 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
     while step < t.num_steps:
       num = _next_boundary(step, t) - step
       call_start = time.perf_counter()
-      chunk = next_chunk(data_iter, num)
-      state, metrics = multi_step(state, chunk, base_rng)
+      state, metrics = multi_step(state, next_chunk(data_iter, num), base_rng)
       losses = np.asarray(metrics["loss"])  # also waits for the device
-      elapsed = time.perf_counter() - call_start
-      if num in compiled_sizes:
-        train_time, timed_steps = train_time + elapsed, timed_steps + num
-      else:  # the first call of each scan length includes its compilation
-        compiled_sizes.add(num)
-        compile_time += elapsed
-      if not np.all(np.isfinite(losses)):
-        bad = step + int(np.argmin(np.isfinite(losses))) + 1
-        raise TrainingDiverged(
-            f"loss became {losses[~np.isfinite(losses)][0]} at step {bad}; stopped without "
-            f"saving (last good checkpoint: "
-            f"{'none' if last_good_step is None else f'step {last_good_step}'})")
+      meter.add(num, time.perf_counter() - call_start)
+      _check_finite(losses, step, last_good_step)
       step += num
       window_losses.extend(losses.tolist())
-      tokens_per_sec = timed_steps * tokens_per_step / train_time if train_time else float("nan")
       progress.update(num)
-      progress.set_postfix(loss=f"{losses.mean():.4f}", tok_s=f"{tokens_per_sec:,.0f}",
+      progress.set_postfix(loss=f"{losses.mean():.4f}", tok_s=f"{meter.tokens_per_sec:,.0f}",
                            refresh=False)
 
       done = step == t.num_steps
+      record = {}
       if step % t.log_every == 0 or done:
         train_loss = float(np.mean(window_losses))
+        window_losses = []
         record = {"train_loss": train_loss, "lr": float(schedule(step - 1)),
                   "grad_norm": float(np.asarray(metrics["grad_norm"])[-1]),
-                  "tokens_per_sec": tokens_per_sec, "tokens_seen": step * tokens_per_step}
-        window_losses = []
+                  "tokens_per_sec": meter.tokens_per_sec,
+                  "tokens_seen": step * meter.tokens_per_step}
       if step % t.eval_every == 0 or done:
-        val_loss = evaluate(eval_step, state.params, val_batches)
-        best_val = val_loss if math.isnan(best_val) else min(best_val, val_loss)
-        record = {**record, "val_loss": val_loss}
-        ema_params = find_ema(state.opt_state)
-        if ema_params is not None:
-          record["val_loss_ema"] = evaluate(eval_step, ema_params, val_batches)
-        last_eval = {k: v for k, v in record.items() if k.startswith("val_")}
-        progress.write(f"step {step}: train_loss {train_loss:.4f} val_loss {val_loss:.4f}")
+        last_eval = evaluate_all(state)
+        best_val = np.nanmin([best_val, last_eval["val_loss"]])
+        record.update(last_eval)
+        progress.write(f"step {step}: train_loss {train_loss:.4f} "
+                       f"val_loss {last_eval['val_loss']:.4f}")
       if record:
         writer.write(step, record)
-        record = {}
       if step % t.checkpoint_every == 0 or done:
         checkpointer.save(step, state, data_iter.get_state())
         last_good_step = step
@@ -198,19 +221,22 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
     writer.close()
     checkpointer.close()
 
-  if math.isnan(val_loss):  # nothing left to train: report the checkpoint as it is
-    val_loss = evaluate(eval_step, state.params, val_batches)
+  if not last_eval:  # nothing left to train: report the checkpoint as it is
+    last_eval = evaluate_all(state)
   summary = {
-      "val_loss": val_loss, "best_val_loss": best_val, "train_loss": train_loss,
-      "steps": step, "params": num_params,
-      "tokens_per_sec": timed_steps * tokens_per_step / train_time if train_time else None,
-      "compile_time_s": compile_time, "wall_time_s": time.time() - start_time,
-      "tokenizer": tokenizer.kind, "vocab_size": tokenizer.vocab_size, **last_eval,
+      **last_eval, "best_val_loss": float(np.nanmin([best_val, last_eval["val_loss"]])),
+      "train_loss": train_loss, "steps": step,
+      "params": sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params)),
+      "tokens_per_sec": meter.tokens_per_sec if meter.steps else None,
+      "compile_time_s": meter.compile_seconds, "wall_time_s": time.time() - start_time,
+      "tokenizer": tokenizer.kind, "vocab_size": tokenizer.vocab_size,
   }
   s = config.sample
-  prompt_ids = tokenizer.encode(s.prompt)
-  sample_ids = generate(model, state.params, prompt_ids, max_new_tokens=s.max_new_tokens,
-                        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=s.seed)
+  sample_ids = generate(model, state.params, tokenizer.encode(s.prompt),
+                        max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                        top_k=s.top_k, top_p=s.top_p, seed=s.seed)
   summary["sample"] = s.prompt + tokenizer.decode(sample_ids[0])
+  # A rerun with nothing left to train keeps the earlier throughput figures.
+  summary = {**previous, **{k: v for k, v in summary.items() if v is not None}}
   write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
