@@ -1,10 +1,10 @@
 """KV-cache decoding and `generate` against full forward passes recomputed from scratch."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from model_helpers import random_params
 
 from lm.models.gpt import GPT, GPTConfig
 from lm.sampling import generate
@@ -13,19 +13,6 @@ CFG = GPTConfig(vocab_size=17, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=
 GEN_CFG = GPTConfig(vocab_size=11, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=32, max_len=8)
 
 
-def random_params(model, seed, scale=0.3):
-  """Random O(scale) parameters (LayerNorm scales around 1), shapes from eval_shape(init)."""
-  shapes = jax.eval_shape(lambda: nn.meta.unbox(model.init(
-      jax.random.key(0), jnp.zeros((1, model.config.max_len), jnp.int32))["params"]))
-  rng = np.random.default_rng(seed)
-
-  def draw(path, leaf):
-    x = scale * rng.standard_normal(leaf.shape)
-    if jax.tree_util.keystr(path).endswith("['scale']"):
-      x = x + 1.0
-    return jnp.asarray(x, leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 class Fixture:

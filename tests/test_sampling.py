@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from lm.sampling import allowed_tokens, sample_logits
 

@@ -2,11 +2,11 @@
 
 import math
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from model_helpers import random_params
 
 from lm.models.gpt import GPT, GPTConfig
 from lm.scoring import next_token_logprobs, token_logprobs
@@ -14,19 +14,6 @@ from lm.scoring import next_token_logprobs, token_logprobs
 CFG = GPTConfig(vocab_size=13, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=32, max_len=8)
 
 
-def random_params(model, seed, scale=0.3):
-  """Random O(scale) parameters (LayerNorm scales around 1), shapes from eval_shape(init)."""
-  shapes = jax.eval_shape(lambda: nn.meta.unbox(model.init(
-      jax.random.key(0), jnp.zeros((1, model.config.max_len), jnp.int32))["params"]))
-  rng = np.random.default_rng(seed)
-
-  def draw(path, leaf):
-    x = scale * rng.standard_normal(leaf.shape)
-    if jax.tree_util.keystr(path).endswith("['scale']"):
-      x = x + 1.0
-    return jnp.asarray(x, leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 class Fixture:

@@ -7,8 +7,13 @@ import time
 import numpy as np
 import pytest
 
-from lm.data.tokenizers import (BPETokenizer, CharTokenizer, WordTokenizer, build_tokenizer,
-                                load_tokenizer)
+from lm.data.tokenizers import (
+  BPETokenizer,
+  CharTokenizer,
+  WordTokenizer,
+  build_tokenizer,
+  load_tokenizer,
+)
 from lm.errors import UserError
 
 CORPUS = os.path.join(os.path.dirname(__file__), os.pardir, "data", "tinyshakespeare.txt")

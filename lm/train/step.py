@@ -8,7 +8,6 @@ transformations, never as flags here.
 import functools
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from lm.train.state import TrainState

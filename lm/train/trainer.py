@@ -29,7 +29,7 @@ from lm.train.checkpoint import Checkpointer
 from lm.train.ema import find_ema
 from lm.train.metrics import MetricsWriter, write_json
 from lm.train.optimizer import learning_rate_schedule, make_optimizer
-from lm.train.state import TrainState, create_train_state
+from lm.train.state import create_train_state
 from lm.train.step import make_eval_step, make_multi_step
 
 
