@@ -237,6 +237,7 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
                         top_k=s.top_k, top_p=s.top_p, seed=s.seed)
   summary["sample"] = s.prompt + tokenizer.decode(sample_ids[0])
   # A rerun with nothing left to train keeps the earlier throughput figures.
-  summary = {**previous, **{k: v for k, v in summary.items() if v is not None}}
+  summary = {**previous, **{k: v if v is not None else previous.get(k)
+                            for k, v in summary.items()}}
   write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
