@@ -5,6 +5,7 @@ import math
 import numpy as np
 
 from lm.config import check_sampling_args
+from lm.errors import UserError
 from lm.sampling import generate
 from lm.scoring import token_logprobs
 from lm.workdir import load_trained
@@ -38,7 +39,6 @@ def score(workdir: str, text: str) -> dict:
   tok = trained.tokenizer
   ids = tok.encode(text)
   if len(ids) == 0:
-    from lm.errors import UserError
     raise UserError("--text is empty: nothing to score")
   logps = token_logprobs(trained.model, trained.params, ids, trained.token_prior)
   total = float(np.sum(logps))

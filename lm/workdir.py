@@ -45,7 +45,7 @@ class TrainedModel:
 
 def load_trained(workdir: str) -> TrainedModel:
   """Config, tokenizer and the latest checkpoint's params of a finished or running run."""
-  from lm.train.checkpoint import Checkpointer  # local: keeps lm.workdir light to import
+  from lm.train.checkpoint import Checkpointer  # local: lm.train.trainer imports this module
   from lm.train.trainer import abstract_train_state
 
   config_path = os.path.join(workdir, CONFIG)
