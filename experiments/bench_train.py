@@ -9,7 +9,6 @@ installed (`pip install torch==2.13.0`), the same model and optimizer in PyTorch
 It prints tokens/s, ms/step, compile time and the ratio to PyTorch measured here.
 """
 
-import dataclasses
 import importlib.util
 import json
 import time
@@ -39,12 +38,6 @@ SIZES = {
 VOCAB = 65  # tiny Shakespeare's characters
 
 
-@dataclasses.dataclass(frozen=True)
-class _Cfg:  # the subset of ExperimentConfig that init_params reads
-  data: object
-  train: object
-
-
 def measure_jax(size: dict, matmul_dtype: str, steps: int, steps_per_call: int = 10) -> dict:
   model_cfg = GPTConfig(vocab_size=VOCAB, num_layers=size["num_layers"],
                         num_heads=size["num_heads"], embed_dim=size["embed_dim"],
@@ -52,9 +45,7 @@ def measure_jax(size: dict, matmul_dtype: str, steps: int, steps_per_call: int =
                         matmul_dtype=matmul_dtype)
   model = GPT(model_cfg)
   tx = make_optimizer(OptimConfig(), num_steps=10_000)
-  cfg = _Cfg(data=type("D", (), {"seq_len": size["seq_len"]}),
-             train=type("T", (), {"seed": 0}))
-  state = create_train_state(init_params(model, cfg), tx)
+  state = create_train_state(init_params(model, size["seq_len"], seed=0), tx)
   multi_step = make_multi_step(causal_lm_loss(model), tx)
   tokens = np.random.default_rng(0).integers(0, VOCAB, 200_000).astype(np.int32)
   data = train_iterator(tokens, size["seq_len"], size["batch_size"], seed=0)

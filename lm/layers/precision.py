@@ -70,5 +70,5 @@ def bf16_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_elem
 
 
 def dot_general_for(compute_dtype: str):
-  """The dot_general a Dense layer should use for `model.dtype`."""
+  """The dot_general a Dense layer should use for `model.matmul_dtype`."""
   return bf16_dot_general if compute_dtype == "bfloat16" else None

@@ -59,15 +59,19 @@ def with_vocab(config: config_lib.ExperimentConfig, vocab_size: int):
   return dataclasses.replace(config, model=dataclasses.replace(config.model, vocab_size=vocab_size))
 
 
-def init_params(model, config: config_lib.ExperimentConfig):
-  dummy = jnp.zeros((1, config.data.seq_len), jnp.int32)
+def init_params(model, seq_len: int, seed: int):
+  dummy = jnp.zeros((1, seq_len), jnp.int32)
   init_fn = jax.jit(lambda rng: nn.meta.unbox(model.init(rng, dummy)["params"]))
-  return init_fn(jax.random.key(config.train.seed))
+  return init_fn(jax.random.key(seed))
+
+
+def _init_params_for(model, config: config_lib.ExperimentConfig):
+  return init_params(model, config.data.seq_len, config.train.seed)
 
 
 def abstract_train_state(config: config_lib.ExperimentConfig, model):
   tx = make_optimizer(config.optim, config.train.num_steps)
-  return jax.eval_shape(lambda: create_train_state(init_params(model, config), tx))
+  return jax.eval_shape(lambda: create_train_state(_init_params_for(model, config), tx))
 
 
 def evaluate(eval_step, params, batches) -> float:
@@ -124,7 +128,7 @@ def _check_finite(losses: np.ndarray, step: int, last_good_step: int | None):
 
 def _restore_or_init(config, model, tx, checkpointer, data_iter):
   if checkpointer.latest_step() is None:
-    return create_train_state(init_params(model, config), tx)
+    return create_train_state(_init_params_for(model, config), tx)
   state, data_state = checkpointer.restore(abstract_train_state(config, model))
   data_iter.set_state(data_state)
   print(f"resuming from {checkpointer.directory} at step {int(state.step)}")
