@@ -4,12 +4,15 @@
   python -m experiments.run --workdir=DIR --mode=sample --prompt="ROMEO:" --temperature=0.8
   python -m experiments.run --workdir=DIR --mode=score --text="To be, or not to be"
 
-`--mode=train` dispatches to `experiments/<config.kind>.py::run(config, workdir)`;
-without --config it resumes the workdir's own config.json. Bad input exits with
+`--mode=train` dispatches to `experiments/<config.kind>.py::run(config, workdir)`
+(the module's `parse_config(dict)` if it has one, else `lm.config.from_dict`, turns
+the config into frozen dataclasses); without --config it resumes the workdir's own
+config.json. Bad input exits with
 status 2 and one line on stderr.
 """
 
 import importlib
+import json
 import os
 import sys
 
@@ -32,19 +35,28 @@ _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "sample: independent sampl
 _TEXT = flags.DEFINE_string("text", None, "score: the text to score.")
 
 
-def _train_config():
-  from lm import config as config_lib
+def _config_values() -> dict:
+  """The run's config as a plain dict: from --config, else the workdir's config.json."""
   from lm.workdir import CONFIG
   if _CONFIG.value is not None:
     try:
-      values = _CONFIG.value.to_dict()
+      return _CONFIG.value.to_dict()
     except OSError as e:  # ml_collections defers "no such config file" to first use
       raise UserError(f"cannot load --config: {str(e).strip().splitlines()[-1].strip()}") from None
-    return config_lib.from_dict(values)
   saved = os.path.join(_WORKDIR.value, CONFIG)
   if not os.path.exists(saved):
     raise UserError(f"--config is required: {saved} does not exist to resume from")
-  return config_lib.load_json(saved)
+  with open(saved) as f:
+    return json.load(f)
+
+
+def _experiment(kind: str):
+  try:
+    return importlib.import_module(f"experiments.{kind}")
+  except ModuleNotFoundError as e:
+    if e.name != f"experiments.{kind}":
+      raise
+    raise UserError(f"unknown experiment kind {kind!r}: no experiments/{kind}.py") from None
 
 
 def _main(argv):
@@ -54,13 +66,14 @@ def _main(argv):
     raise UserError("--workdir is required")
   workdir = _WORKDIR.value
   if _MODE.value == "train":
-    config = _train_config()
-    try:
-      module = importlib.import_module(f"experiments.{config.kind}")
-    except ModuleNotFoundError:
-      raise UserError(f"unknown experiment kind {config.kind!r}: no experiments/"
-                      f"{config.kind}.py") from None
-    module.run(config, workdir)
+    values = _config_values()
+    module = _experiment(values.get("kind", "train_lm"))
+    # An experiment kind with its own config shape provides `parse_config(dict)`;
+    # the rest use the language-model ExperimentConfig.
+    parse = getattr(module, "parse_config", None)
+    if parse is None:
+      from lm.config import from_dict as parse
+    module.run(parse(values), workdir)
   elif _MODE.value == "sample":
     from experiments.sample import sample
     sample(workdir, prompt=_PROMPT.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
