@@ -1,35 +1,66 @@
-"""The pre-LayerNorm Transformer block shared by the model families.
+"""The pre-norm Transformer block shared by the model families.
 
-x + Attn(LN(x)), then x + MLP(LN(x)); dropout on each residual branch.
+x + Attn(Norm(x)) [+ CrossAttn(Norm(x), encoded)] + MLP(Norm(x)), each residual branch
+with dropout. Legend: B batch, T length, S encoder length, D model dim.
 """
+
+import dataclasses
 
 import flax.linen as nn
 
-from lm.layers.attention import KVCache, MultiHeadAttention
+from lm.layers.attention import Attention, BiasFn, KVCache
 from lm.layers.mlp import MLP
-from lm.layers.norms import layer_norm
+from lm.layers.norms import make_norm
 
 
-class PreLNBlock(nn.Module):
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+  """Everything one block needs; model families build it from their own config."""
   num_heads: int
   head_dim: int
   mlp_dim: int
-  num_layers_for_init: int
-  dropout_rate: float = 0.0
+  num_kv_heads: int = 0  # 0: num_heads (MHA)
+  mlp: str = "gelu"  # gelu | swiglu | geglu
+  norm: str = "layernorm"  # layernorm | rmsnorm
+  dropout: float = 0.0
   use_bias: bool = True
   matmul_dtype: str = "float32"
+  qk_norm: bool = False
+  logit_softcap: float = 0.0
+  rope_base: float = 0.0  # > 0: RoPE in self-attention
+  pattern: str = "dense"  # dense | local | strided (this block's attention)
+  window: int = 128
+  stride: int = 128
+  num_layers_for_init: int = 1  # residual projections start at 0.02 / sqrt(2 L)
+
+
+class PreLNBlock(nn.Module):
+  config: BlockConfig
+  cross_attention: bool = False  # encoder-decoder decoders attend to the encoder output
+
+  def _attention(self, pattern: str, name: str) -> Attention:
+    c = self.config
+    return Attention(c.num_heads, c.head_dim, c.num_kv_heads, c.num_layers_for_init,
+                     c.dropout, c.use_bias, c.matmul_dtype, c.qk_norm, c.logit_softcap,
+                     c.rope_base if pattern != "cross" else 0.0,
+                     "dense" if pattern == "cross" else pattern, c.window, c.stride, name=name)
 
   @nn.compact
-  def __call__(self, x_BTD, mask_B1TS, *, cache: KVCache | None = None,
-               cache_index=None, deterministic: bool = True):
-    residual_dropout = nn.Dropout(self.dropout_rate, deterministic=deterministic)
-    h_BTD, cache = MultiHeadAttention(
-        self.num_heads, self.head_dim, self.num_layers_for_init, self.dropout_rate,
-        self.use_bias, self.matmul_dtype, name="attn")(
-            layer_norm("ln_attn", self.use_bias)(x_BTD), mask_B1TS, cache=cache,
-            cache_index=cache_index, deterministic=deterministic)
+  def __call__(self, x_BTD, mask_B1TS, *, positions_BT, bias_fn: BiasFn | None = None,
+               cache: KVCache | None = None, cache_index=None, encoded_BSD=None,
+               cross_mask_B1TS=None, deterministic: bool = True):
+    c = self.config
+    residual_dropout = nn.Dropout(c.dropout, deterministic=deterministic)
+    h_BTD, cache = self._attention(c.pattern, "attn")(
+        make_norm(c.norm, "ln_attn", c.use_bias)(x_BTD), mask_B1TS, q_pos_BT=positions_BT,
+        bias_fn=bias_fn, cache=cache, cache_index=cache_index, deterministic=deterministic)
     x_BTD = x_BTD + residual_dropout(h_BTD)
-    h_BTD = MLP(self.mlp_dim, self.num_layers_for_init, self.use_bias, self.matmul_dtype,
-                name="mlp")(layer_norm("ln_mlp", self.use_bias)(x_BTD))
+    if self.cross_attention:
+      h_BTD, _ = self._attention("cross", "cross_attn")(
+          make_norm(c.norm, "ln_cross", c.use_bias)(x_BTD), cross_mask_B1TS,
+          q_pos_BT=positions_BT, kv_BSD=encoded_BSD, deterministic=deterministic)
+      x_BTD = x_BTD + residual_dropout(h_BTD)
+    h_BTD = MLP(c.mlp_dim, c.num_layers_for_init, c.use_bias, c.matmul_dtype, c.mlp,
+                name="mlp")(make_norm(c.norm, "ln_mlp", c.use_bias)(x_BTD))
     x_BTD = x_BTD + residual_dropout(h_BTD)
     return nn.with_logical_constraint(x_BTD, ("batch", "length", "embed")), cache

@@ -1,4 +1,6 @@
-"""Token and learned absolute position embeddings. Legend: B, T, D, V as elsewhere."""
+"""Token embeddings. Legend: B batch, T length, D model dim, V vocab.
+
+Position embeddings live in lm/layers/positions.py."""
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -21,14 +23,3 @@ class TokenEmbedding(nn.Module):
 
   def attend(self, x_BTD):
     return jnp.einsum("btd,vd->btv", x_BTD, self.embedding)
-
-
-class LearnedPositions(nn.Module):
-  max_len: int
-  embed_dim: int
-
-  @nn.compact
-  def __call__(self, positions_BT):
-    table = self.param("embedding", init.normal(init.DEFAULT_STDDEV, (None, "embed")),
-                       (self.max_len, self.embed_dim))
-    return jnp.take(table, positions_BT, axis=0)

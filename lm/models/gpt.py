@@ -1,20 +1,32 @@
 """Decoder-only Transformer (GPT): tokens -> next-token logits.
 
 Legend: B batch, T length, S cache length, D model dim, V vocab, L layers.
-Pre-LayerNorm blocks, GELU MLP, learned absolute positions, tied input/output
-embeddings. `decode` support: pass per-layer KV caches and the index to write at.
+By default GPT-2's recipe: pre-LayerNorm blocks, GELU MLP, learned absolute positions,
+tied input/output embeddings. Every layer-library option (positions, GQA/MQA, QK-norm,
+soft-capping, RMSNorm, gated MLPs, sparse attention layouts) is a config field; see
+docs/layers.md. Decoding: pass per-layer KV caches and the index to write at.
 """
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from lm.layers import masks as masks_lib
 from lm.layers.attention import KVCache
-from lm.layers.block import PreLNBlock
-from lm.layers.embed import LearnedPositions, TokenEmbedding
-from lm.layers.masks import causal_mask
-from lm.layers.norms import layer_norm
+from lm.layers.block import BlockConfig, PreLNBlock
+from lm.layers.embed import TokenEmbedding
+from lm.layers.mlp import ACTIVATIONS
+from lm.layers.norms import NORMS, make_norm
+from lm.layers.positions import (
+  POSITIONS,
+  LearnedPositions,
+  RelativePositionBias,
+  alibi_bias,
+  sinusoidal_embedding,
+)
+from lm.layers.sparse_attention import LAYOUTS, layer_patterns
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +41,19 @@ class GPTConfig:
   use_bias: bool = True
   tie_embeddings: bool = True
   matmul_dtype: str = "float32"  # "bfloat16": bf16 matmul operands, f32 everything else
+  # --- layer library choices (docs/layers.md) ---
+  position: str = "learned"  # learned | sinusoidal | rope | alibi | t5 | none
+  rope_base: float = 10000.0
+  relative_buckets: int = 32  # t5: number of relative-position buckets
+  relative_max_distance: int = 128  # t5: distances beyond share the last bucket
+  num_kv_heads: int = 0  # 0: num_heads (MHA); 1: multi-query; divisor of num_heads: GQA
+  qk_norm: bool = False
+  logit_softcap: float = 0.0  # 0 = off
+  norm: str = "layernorm"  # layernorm | rmsnorm
+  mlp: str = "gelu"  # gelu | swiglu | geglu
+  attention_pattern: str = "dense"  # dense | local | strided | alternating_local | local_strided
+  attention_window: int = 32  # local layers: each token sees itself and window - 1 before
+  attention_stride: int = 8  # strided layers: keys at distances 0, s, 2s, ...
 
   def __post_init__(self):
     if self.vocab_size < 0:
@@ -43,10 +68,37 @@ class GPTConfig:
       raise ValueError(f"model.matmul_dtype must be float32 or bfloat16, got {self.matmul_dtype!r}")
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+    choices = {"position": POSITIONS, "norm": NORMS, "mlp": tuple(ACTIVATIONS),
+               "attention_pattern": tuple(LAYOUTS)}
+    for name, known in choices.items():
+      if getattr(self, name) not in known:
+        raise ValueError(f"model.{name}={getattr(self, name)!r}; choose one of {known}")
+    if self.num_kv_heads < 0 or (self.num_kv_heads and self.num_heads % self.num_kv_heads):
+      raise ValueError(f"model.num_kv_heads={self.num_kv_heads} must divide "
+                       f"model.num_heads={self.num_heads} (0 = num_heads)")
+    if self.position == "rope" and self.head_dim % 2:
+      raise ValueError(f"position=rope needs an even head dim, got {self.head_dim}")
+    if self.position == "sinusoidal" and self.embed_dim % 2:
+      raise ValueError(f"position=sinusoidal needs an even embed_dim, got {self.embed_dim}")
+    if min(self.attention_window, self.attention_stride, self.relative_buckets,
+           self.relative_max_distance) <= 0 or self.rope_base <= 0 or self.logit_softcap < 0:
+      raise ValueError("model.attention_window, attention_stride, relative_buckets, "
+                       "relative_max_distance and rope_base must be positive, "
+                       "logit_softcap >= 0")
 
   @property
   def head_dim(self) -> int:
     return self.embed_dim // self.num_heads
+
+  def block_config(self, pattern: str) -> BlockConfig:
+    return BlockConfig(
+        num_heads=self.num_heads, head_dim=self.head_dim, mlp_dim=self.mlp_dim,
+        num_kv_heads=self.num_kv_heads, mlp=self.mlp, norm=self.norm, dropout=self.dropout,
+        use_bias=self.use_bias, matmul_dtype=self.matmul_dtype, qk_norm=self.qk_norm,
+        logit_softcap=self.logit_softcap,
+        rope_base=self.rope_base if self.position == "rope" else 0.0, pattern=pattern,
+        window=self.attention_window, stride=self.attention_stride,
+        num_layers_for_init=self.num_layers)
 
 
 class GPT(nn.Module):
@@ -54,36 +106,58 @@ class GPT(nn.Module):
 
   def init_cache(self, batch: int, length: int | None = None) -> list[KVCache]:
     c = self.config
-    return [KVCache.zeros(batch, length or c.max_len, c.num_heads, c.head_dim)
+    return [KVCache.zeros(batch, length or c.max_len, c.num_kv_heads or c.num_heads, c.head_dim)
             for _ in range(c.num_layers)]
 
   @nn.compact
-  def __call__(self, tokens_BT, *, caches: list[KVCache] | None = None, cache_index=0,
-               deterministic: bool = True):
-    """Returns (logits_BTV, caches). Without caches, positions start at 0."""
+  def __call__(self, tokens_BT, *, positions_BT=None, segment_ids_BT=None,
+               caches: list[KVCache] | None = None, cache_index=0, deterministic: bool = True):
+    """Returns (logits_BTV, caches).
+
+    Positions default to `cache_index + 0..T-1`. `segment_ids_BT` (training on packed
+    rows, no cache) keeps documents from attending to each other; pass positions that
+    restart per document (`masks.positions_from_segments`) with it.
+    """
     c = self.config
-    positions_BT = cache_index + jnp.arange(tokens_BT.shape[1])[None, :]
-    positions_BT = jnp.broadcast_to(positions_BT, tokens_BT.shape)
-    key_len = caches[0].k_BSNH.shape[1] if caches is not None else tokens_BT.shape[1]
-    key_positions_BS = jnp.broadcast_to(jnp.arange(key_len)[None, :],
-                                        (tokens_BT.shape[0], key_len))
-    mask_B1TS = causal_mask(positions_BT, key_positions_BS)
+    B, T = tokens_BT.shape
+    if positions_BT is None:
+      positions_BT = jnp.broadcast_to(cache_index + jnp.arange(T)[None, :], (B, T))
+    if caches is not None:
+      key_len = caches[0].k_BSKH.shape[1]
+      key_positions_BS = jnp.broadcast_to(jnp.arange(key_len)[None, :], (B, key_len))
+    else:
+      key_positions_BS = positions_BT
+    mask_B1TS = masks_lib.causal_mask(positions_BT, key_positions_BS)
+    if segment_ids_BT is not None:
+      if caches is not None:
+        raise ValueError("segment_ids are for packed training rows, not cached decoding")
+      mask_B1TS = mask_B1TS & masks_lib.segment_mask(segment_ids_BT, segment_ids_BT)
 
     embed = TokenEmbedding(c.vocab_size, c.embed_dim, name="token_embed")
-    x_BTD = embed(tokens_BT) + LearnedPositions(c.max_len, c.embed_dim, name="pos_embed")(
-        positions_BT)
+    x_BTD = embed(tokens_BT)
+    if c.position == "learned":
+      x_BTD = x_BTD + LearnedPositions(c.max_len, c.embed_dim, name="pos_embed")(positions_BT)
+    elif c.position == "sinusoidal":
+      x_BTD = x_BTD + sinusoidal_embedding(positions_BT, c.embed_dim)
+    bias_fn = None
+    if c.position == "alibi":
+      bias_fn = functools.partial(alibi_bias, num_heads=c.num_heads)
+    elif c.position == "t5":
+      bias_fn = RelativePositionBias(c.num_heads, bidirectional=False,
+                                     num_buckets=c.relative_buckets,
+                                     max_distance=c.relative_max_distance, name="rel_bias")
     x_BTD = nn.Dropout(c.dropout, deterministic=deterministic)(x_BTD)
     x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
 
     new_caches = []
-    for i in range(c.num_layers):
-      x_BTD, cache = PreLNBlock(c.num_heads, c.head_dim, c.mlp_dim, c.num_layers, c.dropout,
-                                c.use_bias, c.matmul_dtype, name=f"block_{i}")(
-          x_BTD, mask_B1TS, cache=None if caches is None else caches[i],
-          cache_index=cache_index, deterministic=deterministic)
+    for i, pattern in enumerate(layer_patterns(c.attention_pattern, c.num_layers)):
+      x_BTD, cache = PreLNBlock(c.block_config(pattern), name=f"block_{i}")(
+          x_BTD, mask_B1TS, positions_BT=positions_BT, bias_fn=bias_fn,
+          cache=None if caches is None else caches[i], cache_index=cache_index,
+          deterministic=deterministic)
       new_caches.append(cache)
 
-    x_BTD = layer_norm("ln_final", c.use_bias)(x_BTD)
+    x_BTD = make_norm(c.norm, "ln_final", c.use_bias)(x_BTD)
     if c.tie_embeddings:
       logits_BTV = embed.attend(x_BTD)
     else:
