@@ -15,6 +15,7 @@ setup(
         "ml-collections>=1.0",
         "absl-py",
         "numpy",
+        "scipy",  # connected components of near-duplicate pairs (lm/data/dedup.py)
         "tokenizers>=0.20",
         "tensorboardX>=2.6",
         "tqdm",
