@@ -9,6 +9,11 @@ Variants (`--config=configs/shakespeare_char.py:ARGS`, comma separated):
   tokenizer=word  whitespace words with <unk> (vocab_size=0 keeps every word)
   tokenizer=bpe   byte-level BPE with `vocab_size` merges-and-bytes
   vocab_size=N    vocabulary size for word/bpe
+
+Layer-library choices are model flags, e.g. a LLaMA-style block with GPT-3's
+alternating dense/local layers:
+  --config.model.position=rope --config.model.num_kv_heads=1 --config.model.norm=rmsnorm
+  --config.model.mlp=swiglu --config.model.attention_pattern=alternating_local
 """
 
 import ml_collections
@@ -43,6 +48,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.use_bias = True
   c.model.tie_embeddings = True
   c.model.matmul_dtype = "float32"
+  # Layer library (docs/layers.md); the defaults are GPT-2's choices.
+  c.model.position = "learned"  # learned | sinusoidal | rope | alibi | t5 | none
+  c.model.rope_base = 10000.0
+  c.model.relative_buckets = 32
+  c.model.relative_max_distance = 128
+  c.model.num_kv_heads = 0  # 0 = num_heads; 1 = multi-query; divisors = grouped-query
+  c.model.qk_norm = False
+  c.model.logit_softcap = 0.0
+  c.model.norm = "layernorm"  # layernorm | rmsnorm
+  c.model.mlp = "gelu"  # gelu | swiglu | geglu
+  c.model.attention_pattern = "dense"  # dense | local | strided | alternating_local | local_strided
+  c.model.attention_window = 32
+  c.model.attention_stride = 8
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-3
