@@ -18,6 +18,7 @@ Array names end in the axis they index: _B bytes, _W words, _G n-grams.
 """
 
 import dataclasses
+import re
 import string
 from collections.abc import Sequence
 
@@ -113,22 +114,19 @@ class WordHashes:
 def hash_words(docs: Sequence[str], chunk_bytes: int = 1 << 23) -> WordHashes:
   """Hashes every word of `docs`; works on ~8 MB of text at a time to bound memory."""
   hashes, doc_ids = [], []
-  first = 0
-  for batch in _batches(docs, chunk_bytes):
+  for batch, batch_doc in _pieces(docs, chunk_bytes):
     joined = _SEP.join(d.replace(_SEP, " ") if _SEP in d else d for d in batch)
     # Normalise first (it may change lengths), then find the separators again.
     raw_B = np.frombuffer(joined.lower().replace("\u2019", "").encode("utf-8"), np.uint8)
-    sep_B = np.flatnonzero(raw_B == 0)
     data_B = np.frombuffer(raw_B.tobytes().translate(_TABLE, b"'`"), np.uint8)
     # translate deletes apostrophes, shifting offsets: recompute separators after it.
-    sep_B = _separators_after_delete(raw_B, sep_B)
+    sep_B = _separators_after_delete(raw_B, np.flatnonzero(raw_B == 0))
     hash_W, start_W = _hash_spans(data_B)
     hashes.append(hash_W)
-    doc_ids.append(first + np.searchsorted(sep_B, start_W, side="right"))
-    first += len(batch)
+    doc_ids.append(np.asarray(batch_doc, np.int64)[np.searchsorted(sep_B, start_W, "right")])
   if not hashes:
-    return WordHashes(np.zeros(0, np.uint64), np.zeros(0, np.int64), 0)
-  return WordHashes(np.concatenate(hashes), np.concatenate(doc_ids).astype(np.int64), first)
+    return WordHashes(np.zeros(0, np.uint64), np.zeros(0, np.int64), len(docs))
+  return WordHashes(np.concatenate(hashes), np.concatenate(doc_ids), len(docs))
 
 
 def _separators_after_delete(raw_B: np.ndarray, sep_B: np.ndarray) -> np.ndarray:
@@ -140,16 +138,34 @@ def _separators_after_delete(raw_B: np.ndarray, sep_B: np.ndarray) -> np.ndarray
   return sep_B - deleted_before[sep_B]
 
 
-def _batches(docs: Sequence[str], chunk_bytes: int):
-  batch, size = [], 0
-  for doc in docs:
-    batch.append(doc)
-    size += len(doc) + 1
-    if size >= chunk_bytes:
-      yield batch
-      batch, size = [], 0
+_WHITESPACE = re.compile(r"\s")
+
+
+def _split_long(doc: str, chunk_bytes: int):
+  """Pieces of about `chunk_bytes` characters, cut only at whitespace (a word boundary)."""
+  start = 0
+  while len(doc) - start > chunk_bytes:
+    match = _WHITESPACE.search(doc, start + chunk_bytes)
+    if match is None:
+      break
+    yield doc[start:match.start()]
+    start = match.start()
+  yield doc[start:]
+
+
+def _pieces(docs: Sequence[str], chunk_bytes: int):
+  """Batches of ~chunk_bytes of text, with the document index of each piece in a batch."""
+  batch, batch_doc, size = [], [], 0
+  for index, doc in enumerate(docs):
+    for piece in _split_long(doc, chunk_bytes) if len(doc) > chunk_bytes else (doc,):
+      batch.append(piece)
+      batch_doc.append(index)
+      size += len(piece) + 1
+      if size >= chunk_bytes:
+        yield batch, batch_doc
+        batch, batch_doc, size = [], [], 0
   if batch:
-    yield batch
+    yield batch, batch_doc
 
 
 def ngram_hashes(words: WordHashes, n: int) -> tuple[np.ndarray, np.ndarray]:

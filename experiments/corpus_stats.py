@@ -1,0 +1,52 @@
+"""Corpus statistics: documents, characters, bytes, words, unique n-grams and the
+effective size after exact and near-duplicate removal.
+
+  python -m experiments.corpus_stats --input=data/tinyshakespeare.txt --format=paragraphs \
+      --ngrams=1,2,3,13 [--report=/tmp/stats.json]
+
+Prints (and optionally writes) a JSON object; see lm/data/stats.py.
+"""
+
+import json
+import time
+
+from absl import flags
+
+from experiments import hygiene_cli
+from lm.data.documents import FORMATS, read_documents
+from lm.data.stats import corpus_stats
+from lm.errors import UserError
+
+_INPUT = flags.DEFINE_string("input", None, "Corpus.", required=True)
+_FORMAT = flags.DEFINE_enum("format", "paragraphs", FORMATS, "How the corpus splits into "
+                            "documents.")
+_TEXT_KEY = flags.DEFINE_string("text_key", "text", "jsonl: the field holding the text.")
+_NGRAMS = flags.DEFINE_list("ngrams", ["1", "2", "3", "13"], "n-gram sizes to count.")
+_THRESHOLD = flags.DEFINE_float("threshold", 0.8, "Near duplicates: estimated Jaccard >= this.")
+_SHINGLE = flags.DEFINE_integer("shingle", 5, "Dedup shingle length in words.")
+_REPORT = flags.DEFINE_string("report", None, "Also write the JSON here.")
+
+
+def _ngram_sizes() -> list[int]:
+  try:
+    sizes = [int(n) for n in _NGRAMS.value]
+  except ValueError:
+    raise UserError(f"--ngrams must be positive integers, got {','.join(_NGRAMS.value)}") from None
+  if any(n < 1 for n in sizes):
+    raise UserError(f"--ngrams must be positive integers, got {','.join(_NGRAMS.value)}")
+  return sizes
+
+
+def main():
+  sizes = _ngram_sizes()
+  start = time.perf_counter()
+  docs = read_documents(_INPUT.value, _FORMAT.value, _TEXT_KEY.value)
+  stats = corpus_stats(docs.texts, sizes, threshold=_THRESHOLD.value, shingle=_SHINGLE.value)
+  stats["seconds"] = time.perf_counter() - start
+  print(json.dumps(stats, indent=1))
+  if _REPORT.value:
+    hygiene_cli.write_json(_REPORT.value, stats)
+
+
+if __name__ == "__main__":
+  hygiene_cli.run(main)
