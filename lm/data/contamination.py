@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from lm.data.ngrams import WordHashes, hash_words, ngram_hashes
+from lm.data.ngrams import WordHashes, hash_words, ngram_hashes_upto
 from lm.errors import UserError
 
 
@@ -45,9 +45,10 @@ class Contamination:
 def _queries(eval_words: WordHashes, n: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
   """gram length -> (hash_G, example_G) of every gram of the eval set to look up."""
   length = eval_words.words_per_doc
-  queries = {n: ngram_hashes(eval_words, n)}
-  for k in np.unique(length[(length > 0) & (length < n)]).tolist():
-    hash_G, doc_G = ngram_hashes(eval_words, k)
+  short = np.unique(length[(length > 0) & (length < n)]).tolist()
+  queries = ngram_hashes_upto(eval_words, [n, *short])
+  for k in short:
+    hash_G, doc_G = queries[k]
     whole = length[doc_G] == k  # the example's only k-gram is the example itself
     queries[k] = (hash_G[whole], doc_G[whole])
   return queries
@@ -65,11 +66,28 @@ def _batches(docs: Iterable[str], batch_chars: int):
     yield batch
 
 
-def _is_in(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
-  if len(sorted_set) == 0:
-    return np.zeros(len(values), bool)
-  index = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
-  return sorted_set[index] == values
+class _HashSet:
+  """Membership in a sorted array of uniform 64-bit hashes, for many queries at once.
+
+  A bitmap over the top bits (~256 slots per member) rejects almost every absent
+  value with one lookup; only the rest pay for a binary search.
+  """
+
+  def __init__(self, sorted_hashes: np.ndarray):
+    self.sorted = sorted_hashes
+    self.bits = int(np.clip(np.ceil(np.log2(max(len(sorted_hashes), 1))) + 8, 8, 28))
+    self.shift = np.uint64(64 - self.bits)
+    self.bitmap = np.zeros(1 << self.bits, bool)
+    self.bitmap[sorted_hashes >> self.shift] = True
+
+  def contains(self, values: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(values), bool)
+    if len(self.sorted) == 0:
+      return out
+    maybe = np.flatnonzero(self.bitmap[values >> self.shift])
+    index = np.minimum(np.searchsorted(self.sorted, values[maybe]), len(self.sorted) - 1)
+    out[maybe] = self.sorted[index] == values[maybe]
+    return out
 
 
 def check_contamination(train_docs: Iterable[str], eval_docs: Sequence[str], n: int = 13,
@@ -82,15 +100,14 @@ def check_contamination(train_docs: Iterable[str], eval_docs: Sequence[str], n: 
     raise UserError(f"max_train_docs must be >= 0 (0 = off), got {max_train_docs}")
   eval_words = hash_words(eval_docs)
   queries = _queries(eval_words, n)
-  wanted = {k: np.unique(hash_G) for k, (hash_G, _) in queries.items()}
+  wanted = {k: _HashSet(np.unique(hash_G)) for k, (hash_G, _) in queries.items()}
   # Per gram length: the (gram hash, training document) pairs found, deduplicated.
   found = {k: [] for k in queries}
   first_doc = 0
   for batch in _batches(train_docs, batch_chars):
     train_words = hash_words(batch)
-    for k in queries:
-      hash_G, doc_G = ngram_hashes(train_words, k)
-      hit_G = _is_in(hash_G, wanted[k])
+    for k, (hash_G, doc_G) in ngram_hashes_upto(train_words, list(queries)).items():
+      hit_G = wanted[k].contains(hash_G)
       found[k].append(np.unique(np.stack([hash_G[hit_G], (first_doc + doc_G[hit_G])
                                           .astype(np.uint64)]), axis=1))
     first_doc += len(batch)
@@ -104,5 +121,5 @@ def check_contamination(train_docs: Iterable[str], eval_docs: Sequence[str], n: 
     if max_train_docs:
       hashes = hashes[train_doc_count <= max_train_docs]
     num_grams += np.bincount(doc_G, minlength=num_docs)
-    overlap += np.bincount(doc_G[_is_in(hash_G, hashes)], minlength=num_docs)
+    overlap += np.bincount(doc_G[_HashSet(hashes).contains(hash_G)], minlength=num_docs)
   return Contamination(n, eval_words.words_per_doc, num_grams, overlap, overlap > 0)

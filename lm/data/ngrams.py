@@ -171,17 +171,30 @@ def _pieces(docs: Sequence[str], chunk_bytes: int):
 def ngram_hashes(words: WordHashes, n: int) -> tuple[np.ndarray, np.ndarray]:
   """(hash_G, doc_G) of every run of `n` consecutive words inside one document.
 
-  hash = mix(sum_k h_{i+k} R^(n-1-k)): order-sensitive, so "a b" and "b a" differ.
+  hash = mix(sum_k h_{i+k} R^(n-1-k) + n): order-sensitive, so "a b" and "b a" differ.
   """
-  if n < 1:
-    raise ValueError(f"n-gram length must be >= 1, got {n}")
-  num = len(words.hash_W) - n + 1
-  if num <= 0:
-    return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+  return ngram_hashes_upto(words, [n])[n]
+
+
+def ngram_hashes_upto(words: WordHashes,
+                      lengths: Sequence[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+  """`ngram_hashes` for several lengths in one pass: the sum for k words is a prefix of
+  the sum for k + 1, so the longest length costs n vector steps and the others none."""
+  if any(k < 1 for k in lengths):
+    raise ValueError(f"n-gram lengths must be >= 1, got {sorted(lengths)}")
+  n = max(lengths, default=1)
+  num = len(words.hash_W)
+  # Padding: every start gets all n steps; grams running past the end are dropped below.
+  hash_W = np.concatenate([words.hash_W, np.zeros(n - 1, np.uint64)])
+  doc_W = np.concatenate([words.doc_W, np.full(n - 1, -1, np.int64)])
+  out = {}
   with np.errstate(over="ignore"):
-    hash_G = words.hash_W[:num].copy()
-    for k in range(1, n):
-      hash_G *= _R
-      hash_G += words.hash_W[k:k + num]
-  inside = words.doc_W[:num] == words.doc_W[n - 1:n - 1 + num]
-  return splitmix64(hash_G[inside] + np.uint64(n)), words.doc_W[:num][inside]
+    hash_G = hash_W[:num].copy()
+    for k in range(1, n + 1):
+      if k > 1:
+        hash_G *= _R
+        hash_G += hash_W[k - 1:k - 1 + num]
+      if k in lengths:
+        inside = doc_W[:num] == doc_W[k - 1:k - 1 + num]
+        out[k] = (splitmix64(hash_G[inside] + np.uint64(k)), words.doc_W[inside])
+  return out
