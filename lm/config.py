@@ -27,6 +27,8 @@ class DataConfig:
   batch_size: int = 12
   eval_batch_size: int = 128  # windows per eval batch
   seed: int = 0  # seeds the order of random training windows
+  val_path: str = ""  # a separate validation file; "" = the last val_fraction of `path`
+  per_line: bool = False  # n-gram models: every line is a sentence, <s> w_1 .. w_k </s>
 
   def __post_init__(self):
     if self.tokenizer not in TOKENIZERS:

@@ -331,10 +331,23 @@ class NGramLM:
 
   # ------------------------------------------------------------------ reporting
 
+  def unseen_fractions(self, stream: TokenStream) -> list[float]:
+    """Per order n: of the n-grams in `stream` (n tokens inside one sequence, ending in a
+    predicted token), the fraction never seen in training -- the data-sparsity curve."""
+    tokens_P = np.asarray(stream.tokens_P, np.int64)
+    pos_P = np.asarray(stream.pos_P, np.int64)
+    rows = self._rows(tokens_P, pos_P)
+    rows[0] = np.where(self.unigram_counts_V[tokens_P] > 0, tokens_P, -1)
+    predicted_P = self.predictable_V[tokens_P]
+    out = []
+    for n in range(1, self.config.order + 1):
+      have = predicted_P & (pos_P >= n - 1)
+      out.append(float((rows[n - 1][have] < 0).mean()) if have.any() else float("nan"))
+    return out
+
   def num_ngrams(self) -> list[int]:
-    """Distinct n-grams per order (order 1: tokens seen in training, plus <s>)."""
-    seen = int((self.unigram_counts_V > 0).sum()) + (self.bos is not None)
-    return [seen] + [len(o.keys_G) for o in self.orders]
+    """Distinct n-grams per order (order 1: the whole vocabulary, as in the ARPA file)."""
+    return [self.vocab_size] + [len(o.keys_G) for o in self.orders]
 
   def nbytes(self) -> int:
     arrays = [self.unigram_counts_V, self.unigram_prob_V]

@@ -4,9 +4,11 @@ New families register here; the trainer and the runner look models up by name.
 """
 
 from lm.models.gpt import GPT, GPTConfig
+from lm.models.ngram import NGramConfig, NGramLM
 
 FAMILIES = {
     "gpt": (GPTConfig, GPT),
+    "ngram": (NGramConfig, NGramLM),  # counts, not a flax module: fitted by experiments/ngram.py
 }
 
 
