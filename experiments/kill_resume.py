@@ -4,9 +4,10 @@ and compare the final parameters (bitwise) and the loss curve with an uninterrup
   python -m experiments.kill_resume --trials=10 --workdir=/tmp/kill_resume
 
 Each trial starts `python -m experiments.run` on the smoke config (a small corpus,
-a metrics row and a checkpoint every few steps), waits until the run has logged a
-random step, waits a random 0-50 ms more (so some kills land inside a checkpoint
-save), kills it with SIGKILL, and reruns the same command until it finishes. The
+a metrics row every step and a checkpoint every few), waits until the run has logged
+a random step, then kills it with SIGKILL: after a random 0-50 ms more in even
+trials, and as soon as orbax's temporary directory of the next checkpoint appears
+(inside a save) in odd ones. Then it reruns the same command until it finishes. The
 trial passes when every parameter equals the reference run's bit for bit and every
 metrics.jsonl row has the same train and val loss. Exit status 0 iff all pass.
 tests/test_kill_resume.py runs one trial; docs/reliability.md has the results.
@@ -167,14 +168,24 @@ _RESUMED = re.compile(r"resuming from .* at step (\d+)")
 
 
 def trial(spec: RunSpec, workdir: str, reference: str, rng: np.random.Generator,
-          kills: int = 1) -> dict:
-  """Kills a run `kills` times at random logged steps, resumes it, compares with `reference`."""
+          kills: int = 1, in_save: bool = False) -> dict:
+  """Kills a run `kills` times at random logged steps, resumes it, compares with `reference`.
+
+  `in_save`: kill at the first checkpoint save after the random step, while orbax's
+  temporary directory exists, instead of after a random 0-50 ms.
+  """
   shutil.rmtree(workdir, ignore_errors=True)
   events = []
   for _ in range(kills):
-    target = int(rng.integers(logged_steps(workdir) + 1, spec.num_steps))
-    delay = float(rng.uniform(0, 0.05))
-    event = start_and_kill(spec, workdir, lambda w, t=target: logged_steps(w) >= t, delay)
+    first = logged_steps(workdir) + 1
+    if first >= spec.num_steps:
+      break
+    target = int(rng.integers(first, spec.num_steps))
+    if in_save:
+      should_kill, delay = (lambda w, t=target: logged_steps(w) >= t and saving_now(w)), 0.0
+    else:
+      should_kill, delay = (lambda w, t=target: logged_steps(w) >= t), float(rng.uniform(0, 0.05))
+    event = start_and_kill(spec, workdir, should_kill, delay, poll_s=0.0005)
     if event["returncode"] not in (0, -signal.SIGKILL):
       raise RuntimeError(f"run failed before the kill:\n{event['stderr']}")
     events.append({k: event[k] for k in ("killed", "saving", "logged")} | {"target": target})
@@ -199,7 +210,9 @@ def run_trials(root: str, trials: int, kills: int = 1, num_steps: int = 30,
   rng = np.random.default_rng(seed)
   results = []
   for i in range(trials):
-    result = trial(spec, os.path.join(root, f"trial_{i}"), reference, rng, kills)
+    # Every other trial aims its kills inside a checkpoint save.
+    result = trial(spec, os.path.join(root, f"trial_{i}"), reference, rng, kills,
+                   in_save=i % 2 == 1)
     results.append(result)
     kills_text = ", ".join(
         f"step {e['logged']}{' during a save' if e['saving'] else ''}"
