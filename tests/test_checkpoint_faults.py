@@ -5,7 +5,6 @@ intact checkpoint and ends bitwise equal to an uninterrupted run."""
 
 import json
 import os
-import shutil
 import signal
 from pathlib import Path
 
@@ -98,6 +97,8 @@ def test_unreadable_manifest(tmp_path, capsys):
   ckpt.close()
 
 
+# orbax reports the failed read from a coroutine as well as by raising
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_unverified_checkpoint_falls_back_when_restore_fails(tmp_path, capsys):
   """No manifest (killed between orbax's rename and the manifest write) and truncated
   data: only restoring can tell, and restore falls back to step 20. (Without a
@@ -205,16 +206,14 @@ def test_bad_arguments(tmp_path):
 
 def test_sigkill_inside_a_save_resumes_from_an_intact_checkpoint(tmp_path):
   """Kills a training subprocess the moment orbax's temporary step directory appears,
-  then reruns the command: it resumes from the last complete checkpoint and ends with
-  the parameters and loss curve of an uninterrupted run."""
+  then reruns the command: it resumes from the last complete checkpoint and finishes.
+  (tests/test_kill_resume.py, slow, also compares such runs bitwise with an
+  uninterrupted one.)"""
   spec = kill_resume.RunSpec(kill_resume.make_corpus(str(tmp_path / "corpus.txt"), 8000),
-                             num_steps=12, checkpoint_every=2,
+                             num_steps=8, checkpoint_every=2,
                              cache_dir=str(tmp_path / "jax_cache"))
-  reference = str(tmp_path / "reference")
-  proc = kill_resume.run(spec, reference)
-  assert proc.returncode == 0, proc.stderr
   workdir = str(tmp_path / "killed")
-  # The first save (step 2) is skipped so that a complete checkpoint exists to resume from.
+  # The first save (step 2) is let through so that a complete checkpoint exists.
   event = kill_resume.start_and_kill(
       spec, workdir, lambda w: kill_resume.saving_now(w) and kill_resume.logged_steps(w) > 2,
       poll_s=0.0005)
@@ -228,7 +227,10 @@ def test_sigkill_inside_a_save_resumes_from_an_intact_checkpoint(tmp_path):
   proc = kill_resume.run(spec, workdir)
   assert proc.returncode == 0, proc.stderr
   assert f"at step {intact[-1]}" in proc.stdout
+  assert "unusable" not in proc.stderr  # nothing was damaged, so nothing was set aside
   names = os.listdir(os.path.join(workdir, "checkpoints"))
   assert not any(kill_resume.TMP_MARKER in n for n in names), names  # cleaned up
-  assert kill_resume.differences(workdir, reference) == []
-  shutil.rmtree(tmp_path / "jax_cache", ignore_errors=True)
+  assert [r["step"] for r in kill_resume.read_metrics(workdir)] == list(range(1, 9))
+  ckpt = Checkpointer(workdir, create=False)
+  assert ckpt.latest_step() == 8 and ckpt.verify(8) is None
+  ckpt.close()
