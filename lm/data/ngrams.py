@@ -18,6 +18,7 @@ Array names end in the axis they index: _B bytes, _W words, _G n-grams.
 """
 
 import dataclasses
+import functools
 import re
 import string
 from collections.abc import Sequence
@@ -101,11 +102,11 @@ class WordHashes:
   doc_W: np.ndarray  # int64: the document each word is in (non-decreasing)
   num_docs: int
 
-  @property
+  @functools.cached_property  # works on a frozen dataclass: it writes __dict__ directly
   def words_per_doc(self) -> np.ndarray:
     return np.bincount(self.doc_W, minlength=self.num_docs)
 
-  @property
+  @functools.cached_property
   def doc_start(self) -> np.ndarray:
     """Index of each document's first word (num_docs + 1 entries; empty docs repeat)."""
     return np.concatenate([[0], np.cumsum(self.words_per_doc)])
