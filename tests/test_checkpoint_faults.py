@@ -186,6 +186,19 @@ def test_best_by_metric_retention(tmp_path, mode, losses, kept, best):
   ckpt.close()
 
 
+def test_best_is_remembered_across_restarts(tmp_path):
+  """A new process reads the metrics back from the manifests."""
+  ckpt = Checkpointer(str(tmp_path), keep=1, best_metric="val_loss")
+  for step, loss in [(1, 2.0), (2, 0.5), (3, 1.0)]:
+    ckpt.save(step, state_for(step), {"next_index": step}, metrics={"val_loss": loss})
+  ckpt.close()
+  ckpt = Checkpointer(str(tmp_path), keep=1, best_metric="val_loss")
+  assert ckpt.best_step() == 2
+  ckpt.save(4, state_for(4), {"next_index": 4}, metrics={"val_loss": 0.7})
+  assert ckpt.all_steps() == [2, 4]
+  ckpt.close()
+
+
 def test_keep_without_metric(tmp_path):
   ckpt = Checkpointer(str(tmp_path), keep=2)
   for step in range(1, 5):

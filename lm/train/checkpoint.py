@@ -132,6 +132,7 @@ class Checkpointer:
     self._writable = create
     self._problems: dict[int, str | None] = {}  # step -> verification result, once per step
     self._reported: set[int] = set()
+    self._metrics: dict[int, dict] = {}  # step -> the metrics saved with it
     self._manager = ocp.CheckpointManager(
         self.directory,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
@@ -186,20 +187,24 @@ class Checkpointer:
     """Saves, writes the manifest (with `metrics`), then prunes to keep + best."""
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
+    metrics = {k: float(v) for k, v in (metrics or {}).items()}
     if jax.process_index() == 0:
       step_dir = os.path.join(self.directory, str(step))
-      manifest = {"step": step, "files": _files(step_dir),
-                  "metrics": {k: float(v) for k, v in (metrics or {}).items()}}
+      manifest = {"step": step, "files": _files(step_dir), "metrics": metrics}
       _write_atomically(os.path.join(step_dir, MANIFEST), json.dumps(manifest, indent=1))
-      self._problems[step] = None
-      self._prune()
+    self._problems[step] = None
+    self._metrics[step] = metrics  # every process prunes alike without reading the manifest
+    self._prune()
 
   def _metric(self, step: int) -> float | None:
-    try:
-      with open(os.path.join(self.directory, str(step), MANIFEST)) as f:
-        value = json.load(f)["metrics"].get(self.best_metric)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-      return None
+    if step not in self._metrics:
+      try:
+        with open(os.path.join(self.directory, str(step), MANIFEST)) as f:
+          self._metrics[step] = json.load(f)["metrics"]
+      except (OSError, ValueError, KeyError, TypeError):
+        self._metrics[step] = {}
+    metrics = self._metrics[step]
+    value = metrics.get(self.best_metric) if isinstance(metrics, dict) else None
     return value if isinstance(value, (int, float)) and math.isfinite(value) else None
 
   def best_step(self) -> int | None:
@@ -221,6 +226,7 @@ class Checkpointer:
       if step not in keep:
         self._manager.delete(step)
         self._problems.pop(step, None)
+        self._metrics.pop(step, None)
 
   # ------------------------------------------------------------------ restore
 
