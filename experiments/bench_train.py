@@ -21,10 +21,10 @@ from lm.config import OptimConfig
 from lm.data.pipeline import next_chunk, train_iterator
 from lm.models.gpt import GPT, GPTConfig
 from lm.objectives import causal_lm_loss
+from lm.tasks.causal_lm import init_params
 from lm.train.optimizer import make_optimizer
 from lm.train.state import create_train_state
 from lm.train.step import make_multi_step
-from lm.train.trainer import init_params
 
 _STEPS = flags.DEFINE_integer("steps", 100, "Timed optimizer steps per measurement.")
 _CONFIGS = flags.DEFINE_list("configs", ["default", "large"], "Which sizes to run.")

@@ -13,6 +13,7 @@ from typing import Any
 
 from lm.errors import UserError
 from lm.models.registry import model_config_class
+from lm.tasks import task_config_class
 
 TOKENIZERS = ("char", "word", "bpe")
 
@@ -111,6 +112,8 @@ class ExperimentConfig:
   sample: SampleConfig = SampleConfig()
   kind: str = "train_lm"  # which experiments/<kind>.py runs it
   family: str = "gpt"  # which lm/models family `model` configures
+  task: str = "causal_lm"  # which lm/tasks objective and data (lm/tasks/__init__.py)
+  task_config: Any = None  # the task's config dataclass (section `task_config`)
 
 
 def _build(cls, values: dict, where: str):
@@ -143,16 +146,20 @@ def from_dict(d: dict) -> ExperimentConfig:
   d = dict(d)
   sections = {"data": DataConfig, "optim": OptimConfig, "train": TrainConfig,
               "sample": SampleConfig}
-  unknown = sorted(set(d) - set(sections) - {"model", "kind", "family"})
+  top_level = {"model", "kind", "family", "task", "task_config"}
+  unknown = sorted(set(d) - set(sections) - top_level)
   if unknown:
     raise UserError(f"unknown config key {unknown[0]!r}; known: "
-                    f"{sorted(set(sections) | {'model', 'kind', 'family'})}")
+                    f"{sorted(set(sections) | top_level)}")
   if "data" not in d or "model" not in d:
     raise UserError("config needs a 'data' and a 'model' section")
   family = d.get("family", "gpt")
   kwargs = {name: _build(cls, d[name], name) for name, cls in sections.items() if name in d}
   kwargs["model"] = _build(model_config_class(family), dict(d["model"]), "model")
-  return ExperimentConfig(kind=d.get("kind", "train_lm"), family=family, **kwargs)
+  task = d.get("task", "causal_lm")
+  kwargs["task_config"] = _build(task_config_class(task), dict(d.get("task_config") or {}),
+                                 "task_config")
+  return ExperimentConfig(kind=d.get("kind", "train_lm"), family=family, task=task, **kwargs)
 
 
 def to_dict(config: ExperimentConfig) -> dict:

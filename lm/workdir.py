@@ -45,7 +45,9 @@ class TrainedModel:
 
 def load_trained(workdir: str) -> TrainedModel:
   """Config, tokenizer and the latest checkpoint's params of a finished or running run."""
-  from lm.train.checkpoint import Checkpointer  # local: lm.train.trainer imports this module
+  # Local imports: lm.train.trainer and lm.tasks.causal_lm import this module.
+  from lm.tasks.causal_lm import init_params
+  from lm.train.checkpoint import Checkpointer
   from lm.train.trainer import abstract_train_state
 
   config_path = os.path.join(workdir, CONFIG)
@@ -59,7 +61,11 @@ def load_trained(workdir: str) -> TrainedModel:
                     f"python -m experiments.run --config=configs/shakespeare_char.py "
                     f"--workdir={workdir}")
   model = build_model(config.family, config.model)
-  state, _ = checkpointer.restore(abstract_train_state(config, model), step)
+  if config.task != "causal_lm":
+    raise UserError(f"{workdir} holds a {config.task!r} run; sampling and scoring need a "
+                    f"causal language model")
+  init = lambda m, seed: init_params(m, config.data.seq_len, seed)
+  state, _ = checkpointer.restore(abstract_train_state(config, model, init), step)
   checkpointer.close()
   tokenizer = load_tokenizer(os.path.join(workdir, TOKENIZER))
   with open(os.path.join(workdir, TOKEN_PRIOR)) as f:

@@ -37,12 +37,23 @@ def make_multi_step(loss_fn, tx):
   return multi_step
 
 
-def make_eval_step(loss_fn):
-  """Summed loss and token count on one batch (weights mask out padding windows)."""
+def make_eval_step(loss_fn, weights: dict | None = None):
+  """Per-metric (weighted sum, weight) on one batch; padding has weight 0.
+
+  `weights` maps a metric to the count it is averaged over (default `num_tokens`);
+  counts themselves are not reported.
+  """
+  weights = dict(weights or {})
 
   @jax.jit
   def eval_step(params, batch):
     _, metrics = loss_fn(params, batch, jax.random.key(0), deterministic=True)
-    return metrics["loss"] * metrics["num_tokens"], metrics["num_tokens"]
+    counts = set(weights.values()) | {"num_tokens"}
+    out = {}
+    for name, value in metrics.items():
+      if name not in counts:
+        weight = metrics[weights.get(name, "num_tokens")]
+        out[name] = (value * weight, weight)
+    return out
 
   return eval_step

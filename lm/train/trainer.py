@@ -4,82 +4,48 @@
 resumes from the latest checkpoint: train state and data position together.
 """
 
-import dataclasses
 import json
 import os
 import sys
 import time
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 from lm import config as config_lib
 from lm import workdir as workdir_lib
-from lm.data.corpus import read_text, split_text
-from lm.data.pipeline import eval_batches, next_chunk, train_iterator
-from lm.data.tokenizers import build_tokenizer, load_tokenizer
+from lm.data.pipeline import next_chunk
 from lm.errors import UserError
 from lm.models.registry import build_model
-from lm.objectives import causal_lm_loss
-from lm.sampling import generate
+from lm.tasks import build_task
 from lm.train.checkpoint import Checkpointer
 from lm.train.ema import find_ema
 from lm.train.metrics import MetricsWriter, write_json
 from lm.train.optimizer import learning_rate_schedule, make_optimizer
 from lm.train.state import create_train_state
 from lm.train.step import make_eval_step, make_multi_step
+from lm.train.task import Task
 
 
 class TrainingDiverged(UserError):
   """The loss became NaN or infinite; the last good checkpoint is left untouched."""
 
 
-def prepare_data(config: config_lib.ExperimentConfig, workdir: str):
-  """Reads and splits the corpus; builds the tokenizer, or reloads the run's own."""
-  text = read_text(config.data.path)
-  train_text, val_text = split_text(text, config.data.val_fraction)
-  tokenizer_path = os.path.join(workdir, workdir_lib.TOKENIZER)
-  if os.path.exists(tokenizer_path):
-    tokenizer = load_tokenizer(tokenizer_path)
-  else:
-    # The char alphabet comes from the whole text (nanoGPT's convention); learned
-    # vocabularies (word, BPE) see the training split only.
-    source = text if config.data.tokenizer == "char" else train_text
-    tokenizer = build_tokenizer(config.data.tokenizer, source, config.data.vocab_size)
-  return tokenizer, tokenizer.encode(train_text), tokenizer.encode(val_text)
-
-
-def with_vocab(config: config_lib.ExperimentConfig, vocab_size: int):
-  if config.model.vocab_size not in (0, vocab_size):
-    raise UserError(f"model.vocab_size={config.model.vocab_size} but the tokenizer has "
-                    f"{vocab_size} tokens; leave model.vocab_size at 0 to use the tokenizer's")
-  return dataclasses.replace(config, model=dataclasses.replace(config.model, vocab_size=vocab_size))
-
-
-def init_params(model, seq_len: int, seed: int):
-  dummy = jnp.zeros((1, seq_len), jnp.int32)
-  init_fn = jax.jit(lambda rng: nn.meta.unbox(model.init(rng, dummy)["params"]))
-  return init_fn(jax.random.key(seed))
-
-
-def _init_params_for(model, config: config_lib.ExperimentConfig):
-  return init_params(model, config.data.seq_len, config.train.seed)
-
-
-def abstract_train_state(config: config_lib.ExperimentConfig, model):
+def abstract_train_state(config: config_lib.ExperimentConfig, model, init_params):
+  """Shapes and dtypes of the train state, without computing it (to restore into)."""
   tx = make_optimizer(config.optim, config.train.num_steps)
-  return jax.eval_shape(lambda: create_train_state(_init_params_for(model, config), tx))
+  return jax.eval_shape(lambda: create_train_state(init_params(model, config.train.seed), tx))
 
 
-def evaluate(eval_step, params, batches) -> float:
-  total, count = 0.0, 0.0
+def evaluate(eval_step, params, batches) -> dict:
+  """Every metric averaged over all batches, weighted by its count (see Task.eval_weights)."""
+  sums, counts = {}, {}
   for batch in batches:
-    loss_sum, num = eval_step(params, batch)
-    total, count = total + float(loss_sum), count + float(num)
-  return total / count
+    for name, (total, count) in eval_step(params, batch).items():
+      sums[name] = sums.get(name, 0.0) + float(total)
+      counts[name] = counts.get(name, 0.0) + float(count)
+  return {name: sums[name] / max(counts[name], 1e-12) for name in sums}
 
 
 def _next_boundary(step: int, t: config_lib.TrainConfig) -> int:
@@ -126,56 +92,51 @@ def _check_finite(losses: np.ndarray, step: int, last_good_step: int | None):
                          f"stopped without saving (last good checkpoint: {last_good})")
 
 
-def _restore_or_init(config, model, tx, checkpointer, data_iter):
+def _restore_or_init(config, model, tx, checkpointer, task: Task):
   if checkpointer.latest_step() is None:
-    return create_train_state(_init_params_for(model, config), tx)
-  state, data_state = checkpointer.restore(abstract_train_state(config, model))
-  data_iter.set_state(data_state)
+    return create_train_state(task.init_params(model, config.train.seed), tx)
+  state, data_state = checkpointer.restore(abstract_train_state(config, model, task.init_params))
+  task.train_iter.set_state(data_state)
   print(f"resuming from {checkpointer.directory} at step {int(state.step)}")
   return state
 
 
-def _save_run_files(workdir, config, tokenizer, train_ids):
+def _save_run_files(workdir, config, task: Task):
   config_lib.save_json(config, os.path.join(workdir, workdir_lib.CONFIG))
-  tokenizer.save(os.path.join(workdir, workdir_lib.TOKENIZER))
-  workdir_lib.save_token_prior(workdir, workdir_lib.unigram_logprobs(train_ids,
-                                                                      tokenizer.vocab_size))
+  if task.save_files is not None:
+    task.save_files(workdir)
 
 
 def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
   start_time = time.time()
   os.makedirs(workdir, exist_ok=True)
-  tokenizer, train_ids, val_ids = prepare_data(config, workdir)
-  config = with_vocab(config, tokenizer.vocab_size)
-  if config.data.seq_len > config.model.max_len:
-    raise UserError(f"data.seq_len={config.data.seq_len} exceeds model.max_len="
-                    f"{config.model.max_len}")
+  config, task = build_task(config, workdir)
   model = build_model(config.family, config.model)
   tx = make_optimizer(config.optim, config.train.num_steps)
-  loss_fn = causal_lm_loss(model)
-  data_iter = train_iterator(train_ids, config.data.seq_len, config.data.batch_size,
-                             config.data.seed)
-  val_batches = eval_batches(val_ids, config.data.seq_len, config.data.eval_batch_size)
+  loss_fn = task.make_loss(model)
+  data_iter = task.train_iter
   checkpointer = Checkpointer(workdir, config.train.keep_checkpoints)
-  state = _restore_or_init(config, model, tx, checkpointer, data_iter)
+  state = _restore_or_init(config, model, tx, checkpointer, task)
   # Written only after the checkpoint check, so a mismatched config never
   # overwrites the description of the checkpoints already in the workdir.
-  _save_run_files(workdir, config, tokenizer, train_ids)
+  _save_run_files(workdir, config, task)
 
   multi_step = make_multi_step(loss_fn, tx)
-  eval_step = make_eval_step(loss_fn)
+  eval_step = make_eval_step(loss_fn, task.eval_weights)
 
   def evaluate_all(params_state) -> dict:
-    metrics = {"val_loss": evaluate(eval_step, params_state.params, val_batches)}
+    metrics = {f"val_{k}": v for k, v in evaluate(eval_step, params_state.params,
+                                                   task.eval_batches).items()}
     ema_params = find_ema(params_state.opt_state)
     if ema_params is not None:
-      metrics["val_loss_ema"] = evaluate(eval_step, ema_params, val_batches)
+      metrics.update({f"val_{k}_ema": v for k, v in evaluate(eval_step, ema_params,
+                                                              task.eval_batches).items()})
     return metrics
 
   schedule = learning_rate_schedule(config.optim, config.train.num_steps)
   base_rng = jax.random.key(config.train.seed)
   t = config.train
-  meter = _Throughput(config.data.batch_size * config.data.seq_len)
+  meter = _Throughput(task.tokens_per_step)
   step = int(state.step)
   writer = MetricsWriter(workdir, resume_step=step)
   last_good_step = checkpointer.latest_step()
@@ -233,13 +194,10 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
       "params": sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params)),
       "tokens_per_sec": meter.tokens_per_sec if meter.steps else None,
       "compile_time_s": meter.compile_seconds, "wall_time_s": time.time() - start_time,
-      "tokenizer": tokenizer.kind, "vocab_size": tokenizer.vocab_size,
+      "tokenizer": task.tokenizer.kind, "vocab_size": task.tokenizer.vocab_size,
   }
-  s = config.sample
-  sample_ids = generate(model, state.params, tokenizer.encode(s.prompt),
-                        max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                        top_k=s.top_k, top_p=s.top_p, seed=s.seed)
-  summary["sample"] = s.prompt + tokenizer.decode(sample_ids[0])
+  if task.sample is not None:
+    summary["sample"] = task.sample(model, state.params)
   # A rerun with nothing left to train keeps the earlier throughput figures.
   summary = {**previous, **{k: v if v is not None else previous.get(k)
                             for k, v in summary.items()}}

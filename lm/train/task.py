@@ -1,0 +1,28 @@
+"""What a training run needs besides the model and the optimizer: a `Task`.
+
+The loop in lm/train/trainer.py is objective-agnostic. A task (lm/tasks/) reads its
+data, builds the tokenizer, and supplies the batches, the loss function, how to
+initialise the model and, optionally, what to show at the end (a text sample).
+Causal LM, masked LM + NSP, span corruption and seq2seq are all tasks.
+"""
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+LossFn = Callable[..., tuple[Any, dict]]  # (params, batch, rng, deterministic) -> (loss, metrics)
+
+
+@dataclasses.dataclass
+class Task:
+  tokenizer: Any  # saved as WORKDIR/tokenizer.json (`.save(path)`, `.kind`, `.vocab_size`)
+  train_iter: Any  # endless, checkpointable iterator of batches (`get_state`/`set_state`)
+  eval_batches: list  # fixed batches covering the validation data once
+  tokens_per_step: int  # for tokens/s
+  make_loss: Callable[[Any], LossFn]  # model -> loss_fn
+  init_params: Callable[[Any, int], Any]  # (model, seed) -> params
+  sample: Callable[[Any, Any], str] | None = None  # (model, params) -> text for the summary
+  save_files: Callable[[str], None] | None = None  # writes task files into the workdir
+  # Eval metrics are averaged weighted by a count the loss function also returns:
+  # metric name -> count name; metrics not listed use "num_tokens".
+  eval_weights: Mapping[str, str] = dataclasses.field(default_factory=dict)
