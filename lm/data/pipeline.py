@@ -67,3 +67,32 @@ def eval_batches(tokens: np.ndarray, seq_len: int, batch_size: int) -> list[dict
   weights = weights.reshape(shape)
   return [{"inputs": inputs[i], "targets": targets[i], "weights": weights[i]}
           for i in range(num_batches)]
+
+
+def consecutive_train_dataset(tokens: np.ndarray, seq_len: int, batch_size: int):
+  """Endless batches for truncated BPTT: row b of batch i+1 continues row b of batch i.
+
+  The stream is cut into `batch_size` contiguous lanes; batch i holds window
+  i mod (windows per lane) of every lane. `reset` is True on each pass's first batch,
+  where the lanes jump back to their starts and a carried state must be zeroed.
+  """
+  tokens = np.asarray(tokens, np.int32)
+  lane_len = (len(tokens) - 1) // batch_size
+  windows = lane_len // seq_len
+  if windows < 1:
+    raise UserError(f"the training split has {len(tokens)} tokens, fewer than batch_size x "
+                    f"seq_len + 1 = {batch_size * seq_len + 1} for consecutive windows; use a "
+                    f"longer corpus or a smaller data.batch_size or data.seq_len")
+  index_BT = (np.arange(batch_size) * lane_len)[:, None] + np.arange(seq_len + 1)[None, :]
+
+  def batch(i):
+    w = i % windows
+    chunk = tokens[index_BT + w * seq_len]
+    return {"inputs": chunk[:, :-1], "targets": chunk[:, 1:], "reset": np.bool_(w == 0)}
+
+  return grain.MapDataset.range(_ENDLESS).map(batch)
+
+
+def consecutive_train_iterator(tokens, seq_len: int, batch_size: int):
+  """A checkpointable iterator over `consecutive_train_dataset`."""
+  return iter(consecutive_train_dataset(tokens, seq_len, batch_size).to_iter_dataset())
