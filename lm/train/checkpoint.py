@@ -241,18 +241,9 @@ class Checkpointer:
     for candidate in candidates:
       problem = self.verify(candidate)
       if problem is None:
-        try:
-          saved = _shapes(self._manager.item_metadata(candidate)["state"])
-        except Exception as e:  # noqa: BLE001 -- a damaged step without a manifest
-          saved, problem = None, f"its metadata is unreadable: {_first_line(e)}"
-      if problem is None:
-        self._check_compatible(candidate, saved, abstract_state)
-        try:
-          restored = self._manager.restore(candidate, args=ocp.args.Composite(
-              state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        restored, problem = self._try_restore(candidate, abstract_state)
+        if problem is None:
           return restored["state"], restored["data"]
-        except Exception as e:  # noqa: BLE001 -- tensorstore/orbax raise many kinds
-          problem = f"restoring failed: {_first_line(e)}"
       if step is not None:
         raise UserError(f"checkpoint {self.directory}/{step} is unusable: {problem}")
       failures.append(f"{candidate} ({problem})")
@@ -260,6 +251,30 @@ class Checkpointer:
     if failures:
       raise UserError(f"no usable checkpoint in {self.directory}: {'; '.join(failures)}")
     raise UserError(f"no checkpoint found in {self.directory}")
+
+  def _try_restore(self, step: int, abstract_state):
+    """(restored, None), or (None, why) when the failure means the step is damaged.
+
+    With a manifest the files are known good, so a failure is not damage: it raises.
+    Without one (killed between orbax's rename and the manifest write), a failing
+    read means damage and the caller falls back. A shape mismatch is a config
+    mistake, never damage: a UserError.
+    """
+    verified = os.path.exists(os.path.join(self.directory, str(step), MANIFEST))
+    try:
+      saved = _shapes(self._manager.item_metadata(step)["state"])
+    except Exception as e:  # noqa: BLE001 -- orbax/tensorstore raise many kinds
+      if verified:
+        raise
+      return None, f"its metadata is unreadable: {_first_line(e)}"
+    self._check_compatible(step, saved, abstract_state)
+    try:
+      return self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())), None
+    except Exception as e:  # noqa: BLE001
+      if verified:
+        raise
+      return None, f"restoring failed: {_first_line(e)}"
 
   def _check_compatible(self, step: int, saved: dict[str, tuple], abstract_state):
     """Names the first parameter (or optimizer slot) whose shape or presence differs."""
