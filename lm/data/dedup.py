@@ -156,8 +156,12 @@ def exact_duplicates(words: WordHashes) -> np.ndarray:
 
 
 def deduplicate(docs: Sequence[str], threshold: float = 0.8, shingle: int = 5,
-                num_perm: int = 128, bands: int = 0, seed: int = 0) -> Dedup:
-  """Exact, then near-duplicate clusters of `docs`; `bands` 0 picks them by `choose_bands`."""
+                num_perm: int = 128, bands: int = 0, seed: int = 0,
+                words: WordHashes | None = None) -> Dedup:
+  """Exact, then near-duplicate clusters of `docs`; `bands` 0 picks them by `choose_bands`.
+
+  `words`: `hash_words(docs)` if the caller has it already.
+  """
   if not 0.0 < threshold <= 1.0:
     raise UserError(f"near-duplicate threshold must be in (0, 1], got {threshold}")
   if shingle < 1 or num_perm < 1:
@@ -168,7 +172,7 @@ def deduplicate(docs: Sequence[str], threshold: float = 0.8, shingle: int = 5,
     rows = num_perm // bands
   else:
     bands, rows = choose_bands(num_perm, threshold)
-  words = hash_words(docs)
+  words = hash_words(docs) if words is None else words
   exact_of = exact_duplicates(words)
   # Near duplicates among the first copy of each distinct text.
   unique_D = np.flatnonzero((exact_of == np.arange(len(docs))) & (words.words_per_doc > 0))

@@ -37,7 +37,7 @@ def corpus_stats(docs: Sequence[str], ngram_sizes: Sequence[int] = (1, 2, 3, 13)
     unique = len(np.unique(hash_G))
     stats["ngrams"][str(n)] = {"total": len(hash_G), "unique": unique,
                                "unique_fraction": unique / len(hash_G) if len(hash_G) else 0.0}
-  result = deduplicate(docs, **dedup_options)
+  result = deduplicate(docs, words=words, **dedup_options)
   keep_D = result.keep
   stats["dedup"] = {
       "exact_duplicate_documents": result.num_exact_duplicates,
