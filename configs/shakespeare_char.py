@@ -9,6 +9,8 @@ Variants (`--config=configs/shakespeare_char.py:ARGS`, comma separated):
   tokenizer=word  whitespace words with <unk> (vocab_size=0 keeps every word)
   tokenizer=bpe   byte-level BPE with `vocab_size` merges-and-bytes
   vocab_size=N    vocabulary size for word/bpe
+  arch=llama      LLaMA-style decoder: RoPE, RMSNorm, SwiGLU, no biases, 2 KV heads (GQA)
+                  (arch=gpt2, the default: learned positions, LayerNorm, GELU, biases)
 
 Layer-library choices are model flags, e.g. a LLaMA-style block with GPT-3's
 alternating dense/local layers:
@@ -21,8 +23,19 @@ import ml_collections
 from configs import base
 
 
+# Decoder-only variants: GPT-2's choices, and LLaMA's (Touvron et al. 2023) with GQA.
+ARCHS = {
+    "gpt2": dict(position="learned", norm="layernorm", mlp="gelu", use_bias=True,
+                 num_kv_heads=0),
+    "llama": dict(position="rope", norm="rmsnorm", mlp="swiglu", use_bias=False,
+                  num_kv_heads=2, mlp_dim=344),  # 2/3 * 4d, rounded to 8: same MLP params
+}
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = base.parse_arg(arg, smoke=False, tokenizer="char", vocab_size=0)
+  args = base.parse_arg(arg, smoke=False, tokenizer="char", vocab_size=0, arch="gpt2")
+  if args.arch not in ARCHS:
+    raise ValueError(f"arch={args.arch!r}; choose one of {sorted(ARCHS)}")
   c = ml_collections.ConfigDict()
   c.kind = "train_lm"
   c.family = "gpt"
@@ -90,6 +103,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sample.top_p = 0.95
   c.sample.seed = 0
 
+  c.model.update(ARCHS[args.arch])
   if args.smoke:
     base.make_smoke(c)
   return c

@@ -15,10 +15,10 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run(workdir, *flags):
+def _run(workdir, *flags, config="configs/shakespeare_char.py:smoke"):
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="",
              PYTHONPATH=str(REPO_ROOT))
-  cmd = [sys.executable, "-m", "experiments.run", "--config=configs/shakespeare_char.py:smoke",
+  cmd = [sys.executable, "-m", "experiments.run", f"--config={config}",
          f"--workdir={workdir}", "--config.train.num_steps=6", "--config.train.eval_every=6",
          "--config.train.log_every=3", "--config.sample.max_new_tokens=8", *flags]
   return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
@@ -50,6 +50,15 @@ def test_gpt_trains_and_samples_with_layer_options(tmp_path, flags):
   # Six steps from a uniform start (log 65 = 4.17): the loss must have moved and stay finite.
   assert 2.0 < summary["val_loss"] < 4.17
   assert summary["steps"] == 6 and summary["sample"].startswith("ROMEO:")
+
+
+def test_llama_arch_preset_trains(tmp_path):
+  result = _run(tmp_path / "w", config="configs/shakespeare_char.py:smoke,arch=llama")
+  assert result.returncode == 0, result.stderr[-2000:]
+  model = json.loads((tmp_path / "w" / "config.json").read_text())["model"]
+  assert (model["position"], model["norm"], model["mlp"], model["use_bias"],
+          model["num_kv_heads"]) == ("rope", "rmsnorm", "swiglu", False, 2)
+  assert 2.0 < json.loads((tmp_path / "w" / "summary.json").read_text())["val_loss"] < 4.17
 
 
 @pytest.mark.parametrize("flag,words", [
