@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lm.data import ngrams
-from lm.data.contamination import check_contamination
+from lm.data.contamination import check_contamination, gpt3_ngram_length
 from lm.data.documents import read_documents, write_documents
 from lm.errors import UserError
 
@@ -136,6 +136,13 @@ def test_matches_brute_force(n, max_train_docs):
     assert result.num_grams[i] == len(grams), i
     assert result.overlap[i] == sum(map(allowed, grams)), i
   assert 0 < result.dirty.sum() < len(evaluation)  # the case is not trivial
+
+
+def test_gpt3_ngram_length():
+  # 5th percentile of 1..100 words is 5.95 -> 5 -> clipped up to 8; of 20 x 10 words: 10.
+  assert gpt3_ngram_length([" ".join(["w"] * k) for k in range(1, 101)]) == 8
+  assert gpt3_ngram_length(["one two three four five six seven eight nine ten"] * 20) == 10
+  assert gpt3_ngram_length([" ".join(["w"] * 40)] * 3) == 13
 
 
 def test_bad_arguments():

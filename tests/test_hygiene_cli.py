@@ -79,6 +79,7 @@ def test_corpus_stats_cli(files):
     ("contamination", ["--train=/no/such.txt", "--eval=/no/such.txt"], ["not found"]),
     ("contamination", ["--eval=x"], ["--train"]),
     ("contamination", ["--train=T", "--eval=E", "--n=0"], ["--n"]),
+    ("contamination", ["--train=T", "--eval=E", "--n=big"], ["--n", "'big'"]),
     ("contamination", ["--train=T", "--eval=B", "--eval_format=jsonl"], ["bad.jsonl:1"]),
     ("dedup", ["--input=D", "--threshold=2"], ["threshold"]),
     ("dedup", ["--input=D", "--format=csv"], ["--format"]),

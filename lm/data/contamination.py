@@ -7,7 +7,9 @@ punctuation: `lm.data.ngrams.normalize`), so "To be, or NOT" matches "to be or n
 The clean subset is every example that is not dirty; comparing a metric on the
 full and the clean set shows how much leakage inflates it.
 
-GPT-3 also ignored n-grams found in more than 10 training documents (common
+GPT-3 used n = the 5th percentile of the benchmark's example lengths, clipped to
+[8, 13] (`gpt3_ngram_length`), so that short examples are checked with n-grams they
+actually contain. It also ignored n-grams found in more than 10 training documents (common
 phrases and boilerplate rather than leaks); `max_train_docs` does the same (0 = off).
 
 The training corpus is streamed: the eval set's n-grams (small) are kept as a
@@ -40,6 +42,14 @@ class Contamination:
   @property
   def dirty_fraction(self) -> float:
     return float(self.dirty.mean()) if len(self.dirty) else 0.0
+
+
+def gpt3_ngram_length(eval_docs: Sequence[str]) -> int:
+  """GPT-3's per-benchmark n: the 5th percentile of example lengths in words, in [8, 13]."""
+  lengths = hash_words(eval_docs).words_per_doc
+  if not len(lengths):
+    return 13
+  return int(np.clip(np.floor(np.percentile(lengths, 5)), 8, 13))
 
 
 def _queries(eval_words: WordHashes, n: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
