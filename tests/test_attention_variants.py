@@ -373,6 +373,7 @@ def test_single_local_layer_sees_exactly_its_window():
   _assert_dependence(g, lambda t, s: t - w + 1 <= s <= t)
 
 
+@pytest.mark.slow
 def test_single_strided_layer_sees_exactly_its_residue_class():
   stride = 3
   model, params = _gpt(num_layers=1, position="rope", attention_pattern="strided",

@@ -28,7 +28,7 @@ CASES = {
     "none_rmsnorm_swiglu_qk_norm_softcap": dict(position="none", norm="rmsnorm", mlp="swiglu",
                                                 qk_norm=True, logit_softcap=2.0),
 }
-SLOW = ()
+SLOW = ("learned_gqa_geglu",)  # learned + MHA is in test_kv_cache.py
 
 B, PREFILL = 2, 5
 

@@ -149,7 +149,9 @@ MODULE_CASES = {  # pattern, width, num_kv_heads, rope_base, bias
 }
 
 
-@pytest.mark.parametrize("case", list(MODULE_CASES))
+@pytest.mark.parametrize("case", [
+    pytest.param(c, marks=pytest.mark.slow) if c in ("local_alibi", "strided_mqa") else c
+    for c in MODULE_CASES])
 def test_attention_module_sparse_pattern_equals_dense_masked(case, count_block_calls):
   pattern, width, kv_heads, rope_base, bias_kind = MODULE_CASES[case]
   B, T, D, N, H = 2, 11, 8, 4, 4
