@@ -5,13 +5,17 @@ swiglu: W_o (silu(W_g x) * W_u x)                (Shazeer 2020; LLaMA)
 geglu:  W_o (gelu(W_g x) * W_u x)                (Shazeer 2020; T5 v1.1, Gemma)
 """
 
+import functools
+
 import flax.linen as nn
 import jax
 
 from lm.layers import init
 from lm.layers.precision import dot_general_for
 
-ACTIVATIONS = {"gelu": jax.nn.gelu, "swiglu": jax.nn.silu, "geglu": jax.nn.gelu}
+ACTIVATIONS = {"gelu": jax.nn.gelu, "swiglu": jax.nn.silu, "geglu": jax.nn.gelu,
+               # erf GELU (BERT as published, HF "gelu"); "gelu" is the tanh approximation
+               "gelu_exact": functools.partial(jax.nn.gelu, approximate=False)}
 GATED = ("swiglu", "geglu")
 
 
