@@ -130,6 +130,20 @@ def test_softcap_changes_large_logits_only_through_tanh():
   _close(dot_product_attention(q, k, v, mask)[0, 0, 0, 0], np.exp(8) / (1 + np.exp(8)), 1e-6)
 
 
+def test_query_with_no_visible_key_gets_the_uniform_average():
+  rng = np.random.default_rng(11)
+  q = rng.standard_normal((1, 2, 2, 2)).astype(np.float32)
+  k = rng.standard_normal((1, 4, 1, 2)).astype(np.float32)
+  v = rng.standard_normal((1, 4, 1, 2)).astype(np.float32)
+  mask = np.array([[[[False] * 4, [True, False, False, True]]]])
+  got = np.asarray(dot_product_attention(q, k, v, mask, softcap=3.0))
+  assert np.isfinite(got).all()
+  _close(got[0, 0], np.repeat(v.mean(axis=1)[0], 2, axis=0), 1e-6)
+  want = naive_attention(q[:, 1:], repeat_kv_heads(k, 2), repeat_kv_heads(v, 2), mask[:, :, 1:],
+                         softcap=3.0)
+  _close(got[:, 1:], want)
+
+
 # --- the Attention module --------------------------------------------------------------
 
 B, T, S, D, N, H = 2, 5, 7, 8, 4, 4

@@ -125,6 +125,22 @@ def test_block_sparse_ignores_keys_outside_the_pattern():
   np.testing.assert_allclose(np.asarray(strided)[0, :, 0, 0], want, rtol=1e-6)
 
 
+@pytest.mark.xfail(strict=True, reason="block-sparse path reshapes the mask and positions by "
+                   "q's batch size, so a broadcast (batch-1) mask/positions that dense attention "
+                   "accepts raises TypeError")
+@pytest.mark.parametrize("pattern", ["local", "strided"])
+def test_block_sparse_accepts_broadcast_batch_mask_like_dense(pattern):
+  """GPT(tokens, positions_BT=jnp.arange(T)[None]) with B > 1 works for dense layers; the
+  block-sparse layers should accept the same batch-1 mask and positions."""
+  B, T, N, H, width = 2, 8, 2, 4, 3
+  q, k, v = _qkv(B, T, N, N, H, seed=9)
+  pos = jnp.arange(T)[None]
+  mask = masks.causal_mask(pos, pos)  # (1, 1, T, T)
+  want = dot_product_attention(q, k, v, mask & PATTERN_MASK[pattern](pos, pos, width))
+  got = BLOCK_FN[pattern](q, k, v, mask, pos, width)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
 # --- through the Attention module ------------------------------------------------------
 
 
