@@ -61,11 +61,13 @@ def load_trained(workdir: str) -> TrainedModel:
                     f"python -m experiments.run --config=configs/shakespeare_char.py "
                     f"--workdir={workdir}")
   model = build_model(config.family, config.model)
-  if config.task != "causal_lm":
+  if config.task not in ("causal_lm", "tbptt_lm"):
     raise UserError(f"{workdir} holds a {config.task!r} run; sampling and scoring need a "
                     f"causal language model")
+  from lm.tasks import task_state_factory
   init = lambda m, seed: init_params(m, config.data.seq_len, seed)
-  state, _ = checkpointer.restore(abstract_train_state(config, model, init), step)
+  state, _ = checkpointer.restore(abstract_train_state(config, model, init,
+                                                       task_state_factory(config)), step)
   checkpointer.close()
   tokenizer = load_tokenizer(os.path.join(workdir, TOKENIZER))
   with open(os.path.join(workdir, TOKEN_PRIOR)) as f:

@@ -3,12 +3,16 @@
 New families register here; the trainer and the runner look models up by name.
 """
 
+from lm.models.bert import Bert, BertConfig
 from lm.models.gpt import GPT, GPTConfig
 from lm.models.ngram import NGramConfig, NGramLM
+from lm.models.rnn import RecurrentConfig, RecurrentLM
 
 FAMILIES = {
     "gpt": (GPTConfig, GPT),
+    "bert": (BertConfig, Bert),  # encoder-only; train with task "mlm_nsp"
     "ngram": (NGramConfig, NGramLM),  # counts, not a flax module: fitted by experiments/ngram.py
+    "recurrent": (RecurrentConfig, RecurrentLM),  # RNN/LSTM/GRU; train with task "tbptt_lm"
 }
 
 

@@ -12,6 +12,8 @@ from lm.errors import UserError
 # name -> (module, config class name); imported lazily so lm.config stays light.
 _TASKS = {
     "causal_lm": ("lm.tasks.causal_lm", "CausalLMConfig"),
+    "mlm_nsp": ("lm.tasks.mlm_nsp", "MLMNSPConfig"),  # BERT: masked LM + next sentence
+    "tbptt_lm": ("lm.tasks.tbptt_lm", "TBPTTConfig"),  # recurrent models, carried state
 }
 
 
@@ -31,3 +33,9 @@ def task_config_class(name: str):
 
 def build_task(config, workdir: str):
   return _module(config.task).build(config, workdir)
+
+
+def task_state_factory(config):
+  """The task's own `(model, params, tx) -> train state`, or None for the standard one."""
+  factory = getattr(_module(config.task), "state_factory", None)
+  return factory(config) if factory is not None else None

@@ -26,3 +26,7 @@ class Task:
   # Eval metrics are averaged weighted by a count the loss function also returns:
   # metric name -> count name; metrics not listed use "num_tokens".
   eval_weights: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  # A task whose loss carries state from one step to the next (truncated BPTT) brings
+  # its own train state and scanned step; None: TrainState and make_multi_step.
+  create_state: Callable[[Any, Any, Any], Any] | None = None  # (model, params, tx) -> state
+  make_multi_step: Callable[[LossFn, Any], Any] | None = None  # (loss_fn, tx) -> multi_step

@@ -32,10 +32,16 @@ class TrainingDiverged(UserError):
   """The loss became NaN or infinite; the last good checkpoint is left untouched."""
 
 
-def abstract_train_state(config: config_lib.ExperimentConfig, model, init_params):
+def _standard_state(model, params, tx):
+  return create_train_state(params, tx)
+
+
+def abstract_train_state(config: config_lib.ExperimentConfig, model, init_params,
+                         create_state=None):
   """Shapes and dtypes of the train state, without computing it (to restore into)."""
   tx = make_optimizer(config.optim, config.train.num_steps)
-  return jax.eval_shape(lambda: create_train_state(init_params(model, config.train.seed), tx))
+  create_state = create_state or _standard_state
+  return jax.eval_shape(lambda: create_state(model, init_params(model, config.train.seed), tx))
 
 
 def evaluate(eval_step, params, batches) -> dict:
@@ -94,8 +100,10 @@ def _check_finite(losses: np.ndarray, step: int, last_good_step: int | None):
 
 def _restore_or_init(config, model, tx, checkpointer, task: Task):
   if checkpointer.latest_step() is None:
-    return create_train_state(task.init_params(model, config.train.seed), tx)
-  state, data_state = checkpointer.restore(abstract_train_state(config, model, task.init_params))
+    create_state = task.create_state or _standard_state
+    return create_state(model, task.init_params(model, config.train.seed), tx)
+  state, data_state = checkpointer.restore(abstract_train_state(config, model, task.init_params,
+                                                                task.create_state))
   task.train_iter.set_state(data_state)
   print(f"resuming from {checkpointer.directory} at step {int(state.step)}")
   return state
@@ -121,7 +129,7 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
   # overwrites the description of the checkpoints already in the workdir.
   _save_run_files(workdir, config, task)
 
-  multi_step = make_multi_step(loss_fn, tx)
+  multi_step = (task.make_multi_step or make_multi_step)(loss_fn, tx)
   eval_step = make_eval_step(loss_fn, task.eval_weights)
 
   def evaluate_all(params_state) -> dict:
