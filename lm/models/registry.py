@@ -4,6 +4,7 @@ New families register here; the trainer and the runner look models up by name.
 """
 
 from lm.models.bert import Bert, BertConfig
+from lm.models.encdec import EncDecConfig, EncoderDecoder
 from lm.models.gpt import GPT, GPTConfig
 from lm.models.ngram import NGramConfig, NGramLM
 from lm.models.rnn import RecurrentConfig, RecurrentLM
@@ -11,6 +12,7 @@ from lm.models.rnn import RecurrentConfig, RecurrentLM
 FAMILIES = {
     "gpt": (GPTConfig, GPT),
     "bert": (BertConfig, Bert),  # encoder-only; train with task "mlm_nsp"
+    "encdec": (EncDecConfig, EncoderDecoder),  # T5/BART; tasks span_corruption, denoising, seq2seq
     "ngram": (NGramConfig, NGramLM),  # counts, not a flax module: fitted by experiments/ngram.py
     "recurrent": (RecurrentConfig, RecurrentLM),  # RNN/LSTM/GRU; train with task "tbptt_lm"
 }
