@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from lm.data.ngrams import WordHashes, hash_words, ngram_hashes_upto
+from lm.data.ngrams import WordHashes, hash_words, ngram_hashes_upto, unique
 from lm.errors import UserError
 
 
@@ -110,7 +110,7 @@ def check_contamination(train_docs: Iterable[str], eval_docs: Sequence[str], n: 
     raise UserError(f"max_train_docs must be >= 0 (0 = off), got {max_train_docs}")
   eval_words = hash_words(eval_docs)
   queries = _queries(eval_words, n)
-  wanted = {k: _HashSet(np.unique(hash_G)) for k, (hash_G, _) in queries.items()}
+  wanted = {k: _HashSet(unique(hash_G)) for k, (hash_G, _) in queries.items()}
   # Per gram length: the (gram hash, training document) pairs found, deduplicated.
   found = {k: [] for k in queries}
   first_doc = 0

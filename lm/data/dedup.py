@@ -74,7 +74,8 @@ def minhash(hash_S: np.ndarray, doc_S: np.ndarray, num_docs: int, num_perm: int,
   sig_DP = np.full((num_docs, num_perm), np.iinfo(np.uint32).max, np.uint32)
   if len(hash_S) == 0:
     return sig_DP
-  docs, starts = np.unique(doc_S, return_index=True)
+  starts = np.flatnonzero(np.concatenate([[True], doc_S[1:] != doc_S[:-1]]))
+  docs = doc_S[starts]
   value_S = np.empty_like(hash_S)
   with np.errstate(over="ignore"):
     for p in range(num_perm):
@@ -150,8 +151,11 @@ def exact_duplicates(words: WordHashes) -> np.ndarray:
   hash_D = doc_hashes(words)
   exact_of = np.arange(words.num_docs)
   nonempty = np.flatnonzero(words.words_per_doc > 0)
-  _, first, inverse = np.unique(hash_D[nonempty], return_index=True, return_inverse=True)
-  exact_of[nonempty] = nonempty[first[inverse]]
+  # Group equal hashes; a stable sort puts each group's first document first.
+  order = nonempty[np.argsort(hash_D[nonempty], kind="stable")]
+  sorted_hash = hash_D[order]
+  new_group = np.concatenate([[True], sorted_hash[1:] != sorted_hash[:-1]])
+  exact_of[order] = order[np.flatnonzero(new_group)[np.cumsum(new_group) - 1]]
   return exact_of
 
 

@@ -50,6 +50,15 @@ def words(text: str) -> list[str]:
   return [w for w in normalize(text).decode("utf-8").split(" ") if w]
 
 
+def unique(values: np.ndarray) -> np.ndarray:
+  """Sorted distinct values. NumPy 2's `np.unique` takes a hash-table path for plain
+  values that is ~25x slower than sorting on 10M uint64 hashes (29 s vs 1.2 s)."""
+  sorted_values = np.sort(values)
+  if len(sorted_values) < 2:
+    return sorted_values
+  return sorted_values[np.concatenate([[True], sorted_values[1:] != sorted_values[:-1]])]
+
+
 def splitmix64(x: np.ndarray) -> np.ndarray:
   """A bijective 64-bit mixer (Steele et al.): every output bit depends on every input bit."""
   x = x.astype(np.uint64, copy=True)

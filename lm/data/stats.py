@@ -13,6 +13,7 @@ import numpy as np
 
 from lm.data.dedup import deduplicate
 from lm.data.ngrams import hash_words, ngram_hashes
+from lm.data.ngrams import unique as ngrams_unique
 
 
 def corpus_stats(docs: Sequence[str], ngram_sizes: Sequence[int] = (1, 2, 3, 13),
@@ -34,7 +35,7 @@ def corpus_stats(docs: Sequence[str], ngram_sizes: Sequence[int] = (1, 2, 3, 13)
   }
   for n in ngram_sizes:
     hash_G, _ = ngram_hashes(words, n)
-    unique = len(np.unique(hash_G))
+    unique = len(ngrams_unique(hash_G))
     stats["ngrams"][str(n)] = {"total": len(hash_G), "unique": unique,
                                "unique_fraction": unique / len(hash_G) if len(hash_G) else 0.0}
   result = deduplicate(docs, words=words, **dedup_options)
