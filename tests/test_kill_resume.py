@@ -1,11 +1,39 @@
-"""The exact-resume harness (experiments/kill_resume.py), reduced: one trial killed at a
-random step and one killed twice inside checkpoint saves, each resumed and compared
-bitwise (parameters) and row by row (loss curve) with an uninterrupted run. The full
-10-trial run is `python -m experiments.kill_resume` (docs/reliability.md)."""
+"""The exact-resume harness (experiments/kill_resume.py): its comparison catches a
+one-bit difference, and, reduced to two trials of two kills (slow), killed-and-resumed
+runs end bitwise equal to an uninterrupted run. The full 10-trial run is
+`python -m experiments.kill_resume` (docs/reliability.md)."""
 
+import json
+
+import numpy as np
 import pytest
 
 from experiments import kill_resume
+from lm.train.checkpoint import Checkpointer
+
+
+def fake_run(workdir, w: np.ndarray, losses: list[float]):
+  """A workdir as training leaves it: a checkpoint and metrics.jsonl."""
+  ckpt = Checkpointer(str(workdir))
+  ckpt.save(len(losses), {"params": {"w": w}, "step": np.int32(len(losses))}, {"next": 1})
+  ckpt.close()
+  rows = [{"step": i + 1, "train_loss": loss} for i, loss in enumerate(losses)]
+  (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_differences_catch_one_bit_and_one_loss(tmp_path):
+  w = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+  one_bit = w.copy()
+  one_bit.view(np.uint32)[1, 2] ^= 1  # the smallest possible change of one float
+  fake_run(tmp_path / "a", w, [3.0, 2.5])
+  fake_run(tmp_path / "b", w.copy(), [3.0, 2.5])
+  fake_run(tmp_path / "c", one_bit, [3.0, 2.5])
+  fake_run(tmp_path / "d", w.copy(), [3.0, 2.5000002])
+  assert kill_resume.differences(str(tmp_path / "b"), str(tmp_path / "a")) == []
+  (diff,) = kill_resume.differences(str(tmp_path / "c"), str(tmp_path / "a"))
+  assert "['params']['w'] differs" in diff
+  (diff,) = kill_resume.differences(str(tmp_path / "d"), str(tmp_path / "a"))
+  assert "loss curve differs from row 1" in diff
 
 
 @pytest.mark.slow
