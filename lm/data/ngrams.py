@@ -4,8 +4,8 @@ The hygiene tools (contamination, dedup, corpus statistics) compare texts by the
 word n-grams. A word is a maximal run of non-space bytes after `normalize`
 (lower case, ASCII punctuation to spaces, apostrophes dropped), as GPT-3's
 contamination study defines a gram: "a lowercase, whitespace delimited word with
-no punctuation". Python-level loops over ~20M words of a 100 MB corpus would take
-most of a minute, so every word is hashed at once from prefix sums over the bytes:
+no punctuation". A 100 MB corpus has ~18M words, too many for a Python loop per
+word, so every word is hashed at once from prefix sums over the bytes:
 
   hash(bytes[s:e]) = (C[e] - C[s]) * Q^-s  (mod 2^64),  C[i] = sum_{j<i} b_j Q^j
 
