@@ -19,6 +19,9 @@ setup(
         "tokenizers>=0.20",
         "tensorboardX>=2.6",
         "tqdm",
+        "scipy",
+        "matplotlib",
+        "threadpoolctl",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist"],

@@ -1,0 +1,111 @@
+"""Exact parameter counts and FLOPs per token for a decoder-only (GPT family) config.
+
+Scaling laws are stated in terms of N, the *non-embedding* parameter count (Kaplan
+et al. 2020: token and position embeddings, and an untied unembedding matrix, are
+excluded), and C, the training compute. Counting by formula, rather than only from a
+param tree, lets a sweep plan its runs before building anything; the tests check every
+formula against the real param tree and the real forward pass's matmuls.
+
+The config is read with `getattr` and defaults, so fields the GPT config may gain
+(`num_kv_heads`, `position`, `norm`, `mlp`, ...) are honoured when present and the
+foundation's defaults apply when absent.
+
+Legend: L layers, d model dim, nq query heads, nkv key/value heads, H head dim,
+F MLP hidden dim, V vocab, T context length.
+"""
+
+import dataclasses
+
+GATED_MLPS = ("swiglu", "geglu", "glu", "reglu")
+NO_PARAM_POSITIONS = ("rope", "sinusoidal", "alibi", "none", "nope")
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamCounts:
+  total: int
+  embedding: int  # token (+ learned position) embeddings and an untied unembedding
+  non_embedding: int  # Kaplan's N
+
+
+def _shape(config) -> dict:
+  """The fields the formulas need, with the foundation's defaults for absent ones."""
+  num_heads = config.num_heads
+  num_kv_heads = getattr(config, "num_kv_heads", None) or num_heads
+  head_dim = getattr(config, "head_dim", None) or config.embed_dim // num_heads
+  return dict(
+      L=config.num_layers, d=config.embed_dim, nq=num_heads, nkv=num_kv_heads, H=head_dim,
+      F=config.mlp_dim, V=config.vocab_size, max_len=config.max_len,
+      bias=getattr(config, "use_bias", True), tied=getattr(config, "tie_embeddings", True),
+      norm=str(getattr(config, "norm", "layernorm")).lower(),
+      mlp=str(getattr(config, "mlp", getattr(config, "mlp_type", "gelu"))).lower(),
+      position=str(getattr(config, "position", "learned")).lower())
+
+
+def _norm_params(s: dict) -> int:
+  if s["norm"] in ("rmsnorm", "rms"):
+    return s["d"]
+  return s["d"] * (2 if s["bias"] else 1)  # LayerNorm: scale, and a bias with use_bias
+
+
+def _block_matrices(s: dict) -> tuple[int, int]:
+  """(matmul weights, biases) of one block."""
+  d, H, nq, nkv, F = s["d"], s["H"], s["nq"], s["nkv"], s["F"]
+  attn_w = d * nq * H + 2 * d * nkv * H + nq * H * d  # q, k, v, out
+  attn_b = nq * H + 2 * nkv * H + d
+  mlp_in = 2 if s["mlp"] in GATED_MLPS else 1
+  mlp_w = mlp_in * d * F + F * d
+  mlp_b = mlp_in * F + d
+  return attn_w + mlp_w, (attn_b + mlp_b) if s["bias"] else 0
+
+
+def param_counts(config) -> ParamCounts:
+  """Total, embedding and non-embedding parameters of a GPT-family config."""
+  s = _shape(config)
+  if s["position"] not in ("learned", *NO_PARAM_POSITIONS):
+    raise NotImplementedError(f"no parameter formula for model.position={s['position']!r}")
+  weights, biases = _block_matrices(s)
+  block = weights + biases + 2 * _norm_params(s)
+  non_embedding = s["L"] * block + _norm_params(s)  # + the final norm
+  embedding = s["V"] * s["d"]
+  if s["position"] == "learned":
+    embedding += s["max_len"] * s["d"]
+  if not s["tied"]:
+    embedding += s["d"] * s["V"]
+  return ParamCounts(embedding + non_embedding, embedding, non_embedding)
+
+
+def attention_dim(config) -> int:
+  s = _shape(config)
+  return s["nq"] * s["H"]
+
+
+def kaplan_flops_per_token(config, seq_len: int) -> float:
+  """Training FLOPs per token, Kaplan et al. (2020) Table 1: 6N + 6 L T d_attn.
+
+  The forward pass costs 2N (a multiply and an add per weight) plus 2 L T d_attn for
+  the attention scores and weighted sums over the causal context; the backward pass
+  costs twice the forward. Embedding lookups, norms and nonlinearities are ignored.
+  """
+  s = _shape(config)
+  n = param_counts(config).non_embedding
+  return 6.0 * n + 6.0 * s["L"] * seq_len * attention_dim(config)
+
+
+def forward_matmul_flops(config, seq_len: int) -> int:
+  """Exact matmul FLOPs (2 per multiply-add) of one forward pass over one sequence.
+
+  Counts every dense matmul as computed: the projections and MLP, attention scores
+  and weighted sums over the full T x T square (the causal mask is applied after the
+  product, so the masked half is computed too), and the output logits.
+  """
+  s = _shape(config)
+  weights, _ = _block_matrices(s)
+  T = seq_len
+  per_layer = 2 * T * weights + 2 * 2 * T * T * s["nq"] * s["H"]
+  logits = 2 * T * s["d"] * s["V"]
+  return s["L"] * per_layer + logits
+
+
+def train_matmul_flops_per_token(config, seq_len: int) -> float:
+  """Exact matmul FLOPs per training token: backward = 2 x forward for every matmul."""
+  return 3.0 * forward_matmul_flops(config, seq_len) / seq_len
