@@ -8,8 +8,14 @@ import optax
 import pytest
 
 from lm.data.pipeline import consecutive_train_iterator, next_chunk
-from lm.models.rnn import (CarryTrainState, RecurrentConfig, RecurrentLM, create_carry_state,
-                           make_tbptt_multi_step, tbptt_loss)
+from lm.models.rnn import (
+  CarryTrainState,
+  RecurrentConfig,
+  RecurrentLM,
+  create_carry_state,
+  make_tbptt_multi_step,
+  tbptt_loss,
+)
 from lm.sampling import generate
 
 V = 11
@@ -144,7 +150,8 @@ def test_reset_zeroes_the_carry_at_each_pass():
   model, params = _model("rnn")
   tokens = np.random.default_rng(6).integers(0, V, 40).astype(np.int32)
   batches = next_chunk(consecutive_train_iterator(tokens, 4, 2), 5)  # 4 windows per lane
-  assert batches["reset"].tolist() == [True, False, False, False, True]
+  assert batches["reset"].tolist() == [[True] * 2, [False] * 2, [False] * 2, [False] * 2,
+                                       [True] * 2]
   np.testing.assert_array_equal(batches["inputs"][4], batches["inputs"][0])
   tx = optax.sgd(0.0)
   multi_step = make_tbptt_multi_step(tbptt_loss(model), tx)

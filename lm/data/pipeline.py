@@ -73,8 +73,9 @@ def consecutive_train_dataset(tokens: np.ndarray, seq_len: int, batch_size: int)
   """Endless batches for truncated BPTT: row b of batch i+1 continues row b of batch i.
 
   The stream is cut into `batch_size` contiguous lanes; batch i holds window
-  i mod (windows per lane) of every lane. `reset` is True on each pass's first batch,
-  where the lanes jump back to their starts and a carried state must be zeroed.
+  i mod (windows per lane) of every lane. `reset` (one flag per row, so every entry
+  has a batch axis) is True on each pass's first batch, where the lanes jump back to
+  their starts and a carried state must be zeroed.
   """
   tokens = np.asarray(tokens, np.int32)
   lane_len = (len(tokens) - 1) // batch_size
@@ -88,7 +89,8 @@ def consecutive_train_dataset(tokens: np.ndarray, seq_len: int, batch_size: int)
   def batch(i):
     w = i % windows
     chunk = tokens[index_BT + w * seq_len]
-    return {"inputs": chunk[:, :-1], "targets": chunk[:, 1:], "reset": np.bool_(w == 0)}
+    reset = np.full(batch_size, w == 0)
+    return {"inputs": chunk[:, :-1], "targets": chunk[:, 1:], "reset": reset}
 
   return grain.MapDataset.range(_ENDLESS).map(batch)
 

@@ -209,7 +209,7 @@ def create_carry_state(params, tx: optax.GradientTransformation, carry) -> Carry
 
 
 def tbptt_loss(model: RecurrentLM):
-  """Causal-LM loss from `batch["carry"]` (zeros if absent, or where `batch["reset"]`).
+  """Causal-LM loss from `batch["carry"]` (zeros if absent, and in rows where `batch["reset"]`).
 
   The final state comes back as `metrics["carry"]`, without gradient: the truncation.
   """
@@ -217,7 +217,7 @@ def tbptt_loss(model: RecurrentLM):
   def loss_fn(params, batch, rng, deterministic=False):
     carry = batch.get("carry")
     if carry is not None and "reset" in batch:
-      carry = jax.tree.map(lambda s: jnp.where(batch["reset"], 0.0, s), carry)
+      carry = jax.tree.map(lambda s_BH: jnp.where(batch["reset"][:, None], 0.0, s_BH), carry)
     logits_BTV, new_carry = model.apply({"params": params}, batch["inputs"], carry=carry,
                                         return_carry=True, deterministic=deterministic,
                                         rngs={"dropout": rng})
@@ -246,3 +246,31 @@ def make_tbptt_multi_step(loss_fn, tx):
     return jax.lax.scan(lambda s, b: carry_step(s, b, base_rng), state, batches_K)
 
   return multi_step
+
+
+def stream_nll(model: RecurrentLM, params, ids, chunk: int = 1024) -> tuple[float, int]:
+  """Summed -log p(x_i | x_<i) over tokens 1.. of `ids`, reading them as one stream.
+
+  The state is carried from chunk to chunk, so every token is conditioned on the whole
+  text before it (the RNN's unbounded context), unlike windowed evaluation.
+  Returns (total nats, number of predicted tokens).
+  """
+
+  @jax.jit
+  def run(carry, inputs_1T, targets_1T, weights_1T):
+    logits_1TV, carry = model.apply({"params": params}, inputs_1T, carry=carry,
+                                    return_carry=True)
+    logp_1TV = jax.nn.log_softmax(logits_1TV)
+    nll_1T = -jnp.take_along_axis(logp_1TV, targets_1T[..., None], -1)[..., 0]
+    return carry, (nll_1T * weights_1T).sum()
+
+  ids = jnp.asarray(ids, jnp.int32)
+  num = int(ids.shape[0]) - 1
+  padded = jnp.zeros(-(-num // chunk) * chunk + 1, jnp.int32).at[:num + 1].set(ids)
+  weights = (jnp.arange(padded.shape[0] - 1) < num).astype(jnp.float32)
+  carry, total = model.init_carry(1), 0.0
+  for start in range(0, num, chunk):
+    sl = slice(start, start + chunk)
+    carry, nll = run(carry, padded[:-1][sl][None], padded[1:][sl][None], weights[sl][None])
+    total += float(nll)
+  return total, num
