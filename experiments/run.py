@@ -24,7 +24,7 @@ from lm.errors import UserError
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:args]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created if missing).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "score"], "What to do.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "score", "embed"], "What to do.")
 _PROMPT = flags.DEFINE_string("prompt", None, "sample: text to continue.")
 _TEMPERATURE = flags.DEFINE_float("temperature", None, "sample: 0 argmax, 1 model, inf uniform.")
 _TOP_K = flags.DEFINE_integer("top_k", None, "sample: keep the k most likely tokens (0 = off).")
@@ -33,6 +33,9 @@ _MAX_NEW = flags.DEFINE_integer("max_new_tokens", None, "sample: tokens to gener
 _SEED = flags.DEFINE_integer("seed", None, "sample: random seed.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "sample: independent samples.")
 _TEXT = flags.DEFINE_string("text", None, "score: the text to score.")
+_HF_CHECKPOINT = flags.DEFINE_string(
+    "hf_checkpoint", None, "embed: a Hugging Face BERT dir (config.json, model.safetensors, "
+    "tokenizer.json); prints the mean-pooled, L2-normalised embedding of --text.")
 
 
 def _config_values() -> dict:
@@ -62,6 +65,12 @@ def _experiment(kind: str):
 def _main(argv):
   if len(argv) > 1:
     raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if _MODE.value == "embed":  # needs no workdir
+    if not _HF_CHECKPOINT.value or _TEXT.value is None:
+      raise UserError("--mode=embed needs --hf_checkpoint=DIR and --text")
+    from experiments.embed import embed
+    embed(_HF_CHECKPOINT.value, [_TEXT.value])
+    return
   if not _WORKDIR.value:
     raise UserError("--workdir is required")
   workdir = _WORKDIR.value
