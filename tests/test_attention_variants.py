@@ -337,7 +337,8 @@ CAUSAL_CASES = {  # alternating_local: a dense layer, then a block-sparse local 
     "learned_local_strided_mqa": dict(position="learned", attention_pattern="local_strided",
                                       attention_window=3, attention_stride=2, num_kv_heads=1),
 }
-SLOW_CAUSAL = ("rope_dense", "t5_dense", "learned_local_strided_mqa")
+# learned + dense causality is in test_attention.py.
+SLOW_CAUSAL = ("learned", "rope_dense", "t5_dense", "learned_local_strided_mqa")
 
 
 @pytest.mark.parametrize("case", [
