@@ -46,6 +46,9 @@ class LectureTableConfig:
   def __post_init__(self):
     if not self.ngram_orders:
       raise UserError("ngram_orders must list at least one order")
+    if self.data.val_path:
+      raise UserError("data.val_path is not supported here: every row splits data.path by "
+                      "data.val_fraction")
     if not 0.0 < self.dev_fraction < 1.0:
       raise UserError(f"dev_fraction must be in (0, 1), got {self.dev_fraction}")
     for name in ("lstm", "transformer"):
@@ -82,28 +85,29 @@ def parse_config(values: dict) -> LectureTableConfig:
 # ------------------------------------------------------------------ the three rows
 
 
-def ngram_row(config: LectureTableConfig, log=print) -> dict:
+def ngram_row(data: config_lib.DataConfig, orders, dev_fraction: float, sample_chars: int = 200,
+              log=print) -> dict:
   """Chooses the order on the dev split, refits on all training text, scores val."""
-  corpus = load_corpus(config.data)
+  corpus = load_corpus(data)
   tokens = corpus.train.tokens_P
-  cut = int(round(len(tokens) * (1 - config.dev_fraction)))
+  cut = int(round(len(tokens) * (1 - dev_fraction)))
   dev_corpus = dataclasses.replace(corpus, train=TokenStream.from_sequences([tokens[:cut]]),
                                    val=TokenStream.from_sequences([tokens[cut:]]))
   selection = []
-  for n in config.ngram_orders:
+  for n in orders:
     _, m = fit_and_score(NGramConfig(order=n), dev_corpus)
     selection.append({"order": n, "dev_loss": m["val_loss"], "build_time_s": m["build_time_s"]})
     log(f"n-gram order {n}: dev loss {m['val_loss']:.4f}")
   best = min(selection, key=lambda r: r["dev_loss"])["order"]
   curve = []
-  for n in config.ngram_orders:  # the refit of every candidate gives the plot's n-gram points
+  for n in orders:  # the refit of every candidate gives the plot's n-gram points
     model, m = fit_and_score(NGramConfig(order=n), corpus)
     curve.append({"order": n, "time_s": m["build_time_s"], "val_loss": m["val_loss"]})
     if n == best:
       best_model, best_metrics = model, m
   m = best_metrics
   prompt = corpus.tokenizer.encode("ROMEO:")
-  ids = ngram_generate(best_model, prompt, max_new_tokens=config.sample_chars, temperature=0.8,
+  ids = ngram_generate(best_model, prompt, max_new_tokens=sample_chars, temperature=0.8,
                        seed=0)[0]
   return {"model": f"{best}-gram, interpolated modified Kneser-Ney",
           "context": f"{best - 1} tokens", "params": m["params"], "params_note": "stored n-grams",
@@ -117,13 +121,16 @@ def neural_row(name: str, config: config_lib.ExperimentConfig, workdir: str) -> 
   from lm.train.trainer import train
   run_dir = os.path.join(workdir, name)
   summary = train(config, run_dir)
+  # Training time at each eval: tokens so far at the run's overall throughput (the log's
+  # running figures exclude compilation and start noisy).
+  tokens_per_step = config.data.batch_size * config.data.seq_len
   curve = []
   with open(os.path.join(run_dir, "metrics.jsonl")) as f:
     for line in f:
       row = json.loads(line)
-      if "val_loss" in row and "tokens_per_sec" in row:
+      if "val_loss" in row:
         curve.append({"step": row["step"], "val_loss": row["val_loss"],
-                      "time_s": row["tokens_seen"] / row["tokens_per_sec"]})
+                      "time_s": row["step"] * tokens_per_step / summary["tokens_per_sec"]})
   row = {"params": summary["params"], "params_note": "parameters",
          "train_time_s": summary["steps"] * config.data.batch_size * config.data.seq_len /
          summary["tokens_per_sec"],
@@ -211,7 +218,8 @@ def run(config: LectureTableConfig, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(dataclasses.asdict(config), f, indent=2, sort_keys=True, default=str)
-  rows = [ngram_row(config), neural_row("lstm", config.lstm, workdir),
+  rows = [ngram_row(config.data, config.ngram_orders, config.dev_fraction, config.sample_chars),
+          neural_row("lstm", config.lstm, workdir),
           neural_row("transformer", config.transformer, workdir)]
   write_json(os.path.join(workdir, "table.json"), {"rows": rows})
   table = markdown(rows)
