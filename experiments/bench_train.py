@@ -13,6 +13,7 @@ import importlib.util
 import json
 import time
 
+import flax.linen as nn
 import jax
 import numpy as np
 from absl import app, flags
@@ -45,7 +46,7 @@ def measure_jax(size: dict, matmul_dtype: str, steps: int, steps_per_call: int =
                         matmul_dtype=matmul_dtype)
   model = GPT(model_cfg)
   tx = make_optimizer(OptimConfig(), num_steps=10_000)
-  state = create_train_state(init_params(model, size["seq_len"], seed=0), tx)
+  state = create_train_state(nn.meta.unbox(init_params(model, size["seq_len"], seed=0)), tx)
   multi_step = make_multi_step(causal_lm_loss(model), tx)
   tokens = np.random.default_rng(0).integers(0, VOCAB, 200_000).astype(np.int32)
   data = train_iterator(tokens, size["seq_len"], size["batch_size"], seed=0)

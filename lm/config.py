@@ -104,12 +104,33 @@ def check_sampling_args(temperature: float, top_k: int, top_p: float, max_new_to
 
 
 @dataclasses.dataclass(frozen=True)
+class ShardingConfig:
+  """Device mesh (sizes per axis, -1 = the remaining devices) and layout rules (lm/sharding.py)."""
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+  expert: int = 1
+  rules: str = "dp"  # preset: dp | fsdp | fsdp_tp | fsdp_ep
+  overrides: str = ""  # e.g. "embed=fsdp;mlp=tensor;vocab=" (empty right side: replicate)
+
+  def __post_init__(self):
+    from lm.sharding import make_rules
+    make_rules(self.rules, self.overrides)  # raises on unknown presets, names and axes
+
+  @property
+  def mesh(self):
+    from lm.sharding import MeshShape
+    return MeshShape(self.data, self.fsdp, self.tensor, self.expert)
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
   data: DataConfig
   model: Any  # the family's config dataclass, e.g. GPTConfig
   optim: OptimConfig = OptimConfig()
   train: TrainConfig = TrainConfig()
   sample: SampleConfig = SampleConfig()
+  sharding: ShardingConfig = ShardingConfig()
   kind: str = "train_lm"  # which experiments/<kind>.py runs it
   family: str = "gpt"  # which lm/models family `model` configures
   task: str = "causal_lm"  # which lm/tasks objective and data (lm/tasks/__init__.py)
@@ -145,7 +166,7 @@ def from_dict(d: dict) -> ExperimentConfig:
   """The single translation from a plain nested dict (ml-collections or JSON)."""
   d = dict(d)
   sections = {"data": DataConfig, "optim": OptimConfig, "train": TrainConfig,
-              "sample": SampleConfig}
+              "sample": SampleConfig, "sharding": ShardingConfig}
   top_level = {"model", "kind", "family", "task", "task_config"}
   unknown = sorted(set(d) - set(sections) - top_level)
   if unknown:

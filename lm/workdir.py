@@ -46,8 +46,10 @@ class TrainedModel:
 def load_trained(workdir: str) -> TrainedModel:
   """Config, tokenizer and the latest checkpoint's params of a finished or running run."""
   # Local imports: lm.train.trainer and lm.tasks.causal_lm import this module.
+  from lm.config import ShardingConfig
   from lm.tasks.causal_lm import init_params
   from lm.train.checkpoint import Checkpointer
+  from lm.train.layout import Layout
   from lm.train.trainer import abstract_train_state
 
   config_path = os.path.join(workdir, CONFIG)
@@ -66,8 +68,11 @@ def load_trained(workdir: str) -> TrainedModel:
                     f"causal language model")
   from lm.tasks import task_state_factory
   init = lambda m, seed: init_params(m, config.data.seq_len, seed)
+  # Whatever mesh trained it, sampling and scoring restore onto one device.
+  one_device = Layout.from_config(ShardingConfig(data=1), jax.devices()[:1])
   state, _ = checkpointer.restore(abstract_train_state(config, model, init,
-                                                       task_state_factory(config)), step)
+                                                       task_state_factory(config),
+                                                       layout=one_device), step)
   checkpointer.close()
   tokenizer = load_tokenizer(os.path.join(workdir, TOKENIZER))
   with open(os.path.join(workdir, TOKEN_PRIOR)) as f:

@@ -125,9 +125,6 @@ def test_block_sparse_ignores_keys_outside_the_pattern():
   np.testing.assert_allclose(np.asarray(strided)[0, :, 0, 0], want, rtol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="block-sparse path reshapes the mask and positions by "
-                   "q's batch size, so a broadcast (batch-1) mask/positions that dense attention "
-                   "accepts raises TypeError")
 @pytest.mark.parametrize("pattern", ["local", "strided"])
 def test_block_sparse_accepts_broadcast_batch_mask_like_dense(pattern):
   """GPT(tokens, positions_BT=jnp.arange(T)[None]) with B > 1 works for dense layers; the

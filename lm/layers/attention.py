@@ -119,7 +119,7 @@ class Attention(nn.Module):
     if self.rope_base > 0 and is_self:
       q_BTNH = apply_rope(q_BTNH, q_pos_BT, self.rope_base)
       k_BSKH = apply_rope(k_BSKH, q_pos_BT, self.rope_base)  # new keys sit where queries do
-    q_BTNH = nn.with_logical_constraint(q_BTNH, ("batch", "length", "heads", "head_dim"))
+    q_BTNH = nn.with_logical_constraint(q_BTNH, ("batch", "length", "act_heads", "act_head_dim"))
 
     if cache is not None:
       if not is_self:
@@ -132,7 +132,7 @@ class Attention(nn.Module):
       B, S = k_BSKH.shape[:2]
       k_pos_BS = (q_pos_BT if cache is None and is_self
                   else jnp.broadcast_to(jnp.arange(S)[None], (B, S)))
-    k_BSKH = nn.with_logical_constraint(k_BSKH, ("batch", "length", "kv_heads", "head_dim"))
+    k_BSKH = nn.with_logical_constraint(k_BSKH, ("batch", "length", "act_kv_heads", "act_head_dim"))
 
     dropout_fn = None
     if self.dropout_rate > 0 and not deterministic:

@@ -63,4 +63,4 @@ class PreLNBlock(nn.Module):
     h_BTD = MLP(c.mlp_dim, c.num_layers_for_init, c.use_bias, c.matmul_dtype, c.mlp,
                 name="mlp")(make_norm(c.norm, "ln_mlp", c.use_bias)(x_BTD))
     x_BTD = x_BTD + residual_dropout(h_BTD)
-    return nn.with_logical_constraint(x_BTD, ("batch", "length", "embed")), cache
+    return nn.with_logical_constraint(x_BTD, ("batch", "length", "act_embed")), cache

@@ -43,6 +43,6 @@ class MLP(nn.Module):
           * self._dense(self.hidden_dim, wide, init.DEFAULT_STDDEV, "wi_up")(x_BTD)
     else:
       h_BTF = act(self._dense(self.hidden_dim, wide, init.DEFAULT_STDDEV, "wi")(x_BTD))
-    h_BTF = nn.with_logical_constraint(h_BTF, ("batch", "length", "mlp"))
+    h_BTF = nn.with_logical_constraint(h_BTF, ("batch", "length", "act_mlp"))
     out_stddev = init.DEFAULT_STDDEV / (2 * self.num_layers_for_init) ** 0.5
     return self._dense(x_BTD.shape[-1], ("mlp", "embed"), out_stddev, "wo")(h_BTF)

@@ -48,11 +48,18 @@ def _pad_length(x, length: int, axis: int, front: int = 0, value=0):
   return jnp.pad(x, widths, constant_values=value)
 
 
+def _full_batch(pos_BT, mask_B1TT, batch: int):
+  """Batch-1 positions and masks broadcast, as the dense kernel allows."""
+  pos_BT = jnp.broadcast_to(pos_BT, (batch, pos_BT.shape[1]))
+  return pos_BT, jnp.broadcast_to(mask_B1TT, (batch, *mask_B1TT.shape[1:]))
+
+
 def local_attention(q_BTNH, k_BTKH, v_BTKH, mask_B1TT, pos_BT, window: int, bias_fn=None,
                     **kernel_kw):
   """Causal banded attention (window w) over key blocks n-1 and n of each query block n."""
   from lm.layers.attention import dot_product_attention
   B, T, N, H = q_BTNH.shape
+  pos_BT, mask_B1TT = _full_batch(pos_BT, mask_B1TT, B)
   b = window
   nb = -(-T // b)
   Tp = nb * b
@@ -86,6 +93,7 @@ def strided_attention(q_BTNH, k_BTKH, v_BTKH, mask_B1TT, pos_BT, stride: int, bi
   """Strided attention as `stride` independent attentions, one per residue class mod s."""
   from lm.layers.attention import dot_product_attention
   B, T, N, H = q_BTNH.shape
+  pos_BT, mask_B1TT = _full_batch(pos_BT, mask_B1TT, B)
   s = stride
   M = -(-T // s)
   Tp = M * s

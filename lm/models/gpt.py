@@ -147,7 +147,7 @@ class GPT(nn.Module):
                                      num_buckets=c.relative_buckets,
                                      max_distance=c.relative_max_distance, name="rel_bias")
     x_BTD = nn.Dropout(c.dropout, deterministic=deterministic)(x_BTD)
-    x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
+    x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "act_embed"))
 
     new_caches = []
     for i, pattern in enumerate(layer_patterns(c.attention_pattern, c.num_layers)):
@@ -163,5 +163,5 @@ class GPT(nn.Module):
     else:
       logits_BTV = nn.DenseGeneral(c.vocab_size, use_bias=False, name="lm_head")(x_BTD)
     logits_BTV = nn.with_logical_constraint(logits_BTV.astype(jnp.float32),
-                                            ("batch", "length", "vocab"))
+                                            ("batch", "length", "act_vocab"))
     return logits_BTV, (new_caches if caches is not None else None)

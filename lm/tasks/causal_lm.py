@@ -8,7 +8,6 @@ pipeline in lm/data/pipeline.py. The summary's sample continues `config.sample.p
 import dataclasses
 import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -50,9 +49,10 @@ def with_vocab(config, vocab_size: int):
 
 
 def init_params(model, seq_len: int, seed: int):
+  """Params as `model.init` makes them: boxed with logical axis names (the trainer places
+  and unboxes them; `nn.meta.unbox` gives plain arrays)."""
   dummy = jnp.zeros((1, seq_len), jnp.int32)
-  init_fn = jax.jit(lambda rng: nn.meta.unbox(model.init(rng, dummy)["params"]))
-  return init_fn(jax.random.key(seed))
+  return model.init(jax.random.key(seed), dummy)["params"]
 
 
 def build(config, workdir: str):

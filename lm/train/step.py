@@ -22,19 +22,20 @@ def train_step(state: TrainState, batch, base_rng, *, loss_fn, tx: optax.Gradien
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def make_multi_step(loss_fn, tx):
+def make_multi_step(loss_fn, tx, state_shardings=None):
   """jit(scan(train_step)) over a stack of K batches; the state buffers are donated.
 
   Small models are dispatch-bound on CPU: K steps per call amortise the launch.
-  Returns per-step metrics stacked along a leading K axis.
+  Returns per-step metrics stacked along a leading K axis. `state_shardings` pins
+  the new state to the layout of the old one (lm/train/layout.py).
   """
   step = functools.partial(train_step, loss_fn=loss_fn, tx=tx)
 
-  @functools.partial(jax.jit, donate_argnums=(0,))
   def multi_step(state, batches_K, base_rng):
     return jax.lax.scan(lambda s, b: step(s, b, base_rng), state, batches_K)
 
-  return multi_step
+  out_shardings = None if state_shardings is None else (state_shardings, None)
+  return jax.jit(multi_step, donate_argnums=(0,), out_shardings=out_shardings)
 
 
 def make_eval_step(loss_fn, weights: dict | None = None):

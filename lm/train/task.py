@@ -20,7 +20,9 @@ class Task:
   eval_batches: list  # fixed batches covering the validation data once
   tokens_per_step: int  # for tokens/s
   make_loss: Callable[[Any], LossFn]  # model -> loss_fn
-  init_params: Callable[[Any, int], Any]  # (model, seed) -> params
+  # (model, seed) -> params; return model.init's boxed params (logical axis names kept)
+  # so the trainer can shard them; it jits, places and unboxes.
+  init_params: Callable[[Any, int], Any]
   sample: Callable[[Any, Any], str] | None = None  # (model, params) -> text for the summary
   save_files: Callable[[str], None] | None = None  # writes task files into the workdir
   # Eval metrics are averaged weighted by a count the loss function also returns:

@@ -21,6 +21,7 @@ from lm.models.registry import build_model
 from lm.tasks import build_task
 from lm.train.checkpoint import Checkpointer
 from lm.train.ema import find_ema
+from lm.train.layout import Layout
 from lm.train.metrics import MetricsWriter, write_json
 from lm.train.optimizer import learning_rate_schedule, make_optimizer
 from lm.train.state import create_train_state
@@ -37,11 +38,20 @@ def _standard_state(model, params, tx):
 
 
 def abstract_train_state(config: config_lib.ExperimentConfig, model, init_params,
-                         create_state=None):
-  """Shapes and dtypes of the train state, without computing it (to restore into)."""
+                         create_state=None, layout: Layout | None = None):
+  """Shapes, dtypes and shardings of the train state, without computing it (to restore into).
+
+  Without a layout: the config's own mesh and rules (on this process's devices).
+  """
   tx = make_optimizer(config.optim, config.train.num_steps)
+  layout = layout or Layout.from_config(config.sharding)
+  abstract, _ = layout.state_shardings(_state_maker(config, model, tx, init_params, create_state))
+  return abstract
+
+
+def _state_maker(config, model, tx, init_params, create_state=None):
   create_state = create_state or _standard_state
-  return jax.eval_shape(lambda: create_state(model, init_params(model, config.train.seed), tx))
+  return lambda: create_state(model, init_params(model, config.train.seed), tx)
 
 
 def evaluate(eval_step, params, batches) -> dict:
@@ -98,15 +108,16 @@ def _check_finite(losses: np.ndarray, step: int, last_good_step: int | None):
                          f"stopped without saving (last good checkpoint: {last_good})")
 
 
-def _restore_or_init(config, model, tx, checkpointer, task: Task):
+def _restore_or_init(config, model, tx, checkpointer, task: Task, layout: Layout):
+  """The train state, placed by `layout`: restored if there is a checkpoint, else initialised."""
+  make_state = _state_maker(config, model, tx, task.init_params, task.create_state)
+  abstract, shardings = layout.state_shardings(make_state)
   if checkpointer.latest_step() is None:
-    create_state = task.create_state or _standard_state
-    return create_state(model, task.init_params(model, config.train.seed), tx)
-  state, data_state = checkpointer.restore(abstract_train_state(config, model, task.init_params,
-                                                                task.create_state))
+    return layout.init_state(make_state, shardings), shardings
+  state, data_state = checkpointer.restore(abstract)
   task.train_iter.set_state(data_state)
   print(f"resuming from {checkpointer.directory} at step {int(state.step)}")
-  return state
+  return state, shardings
 
 
 def _save_run_files(workdir, config, task: Task):
@@ -118,27 +129,36 @@ def _save_run_files(workdir, config, task: Task):
 def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
   start_time = time.time()
   os.makedirs(workdir, exist_ok=True)
+  layout = Layout.from_config(config.sharding)
   config, task = build_task(config, workdir)
+  layout.check_batch(config.data.batch_size, "data.batch_size")
+  for batch in task.eval_batches[:1]:
+    layout.check_batch(len(next(iter(batch.values()))), "the eval batch size")
   model = build_model(config.family, config.model)
   tx = make_optimizer(config.optim, config.train.num_steps)
   loss_fn = task.make_loss(model)
   data_iter = task.train_iter
   checkpointer = Checkpointer(workdir, config.train.keep_checkpoints)
-  state = _restore_or_init(config, model, tx, checkpointer, task)
+  state, state_shardings = _restore_or_init(config, model, tx, checkpointer, task, layout)
   # Written only after the checkpoint check, so a mismatched config never
   # overwrites the description of the checkpoints already in the workdir.
   _save_run_files(workdir, config, task)
 
-  multi_step = (task.make_multi_step or make_multi_step)(loss_fn, tx)
+  if task.make_multi_step is None:
+    multi_step = make_multi_step(loss_fn, tx, state_shardings)
+  else:
+    multi_step = task.make_multi_step(loss_fn, tx)
   eval_step = make_eval_step(loss_fn, task.eval_weights)
+  val_batches = [layout.put_batch(b) for b in task.eval_batches]
 
   def evaluate_all(params_state) -> dict:
-    metrics = {f"val_{k}": v for k, v in evaluate(eval_step, params_state.params,
-                                                   task.eval_batches).items()}
-    ema_params = find_ema(params_state.opt_state)
-    if ema_params is not None:
-      metrics.update({f"val_{k}_ema": v for k, v in evaluate(eval_step, ema_params,
-                                                              task.eval_batches).items()})
+    with layout.context():
+      metrics = {f"val_{k}": v for k, v in evaluate(eval_step, params_state.params,
+                                                     val_batches).items()}
+      ema_params = find_ema(params_state.opt_state)
+      if ema_params is not None:
+        metrics.update({f"val_{k}_ema": v for k, v in evaluate(eval_step, ema_params,
+                                                                val_batches).items()})
     return metrics
 
   schedule = learning_rate_schedule(config.optim, config.train.num_steps)
@@ -159,7 +179,9 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
     while step < t.num_steps:
       num = _next_boundary(step, t) - step
       call_start = time.perf_counter()
-      state, metrics = multi_step(state, next_chunk(data_iter, num), base_rng)
+      batches = layout.put_batch(next_chunk(data_iter, num), leading_dims=1)
+      with layout.context():
+        state, metrics = multi_step(state, batches, base_rng)
       losses = np.asarray(metrics["loss"])  # also waits for the device
       meter.add(num, time.perf_counter() - call_start)
       _check_finite(losses, step, last_good_step)
