@@ -2,7 +2,8 @@
 
 Scaling laws are stated in terms of N, the *non-embedding* parameter count (Kaplan
 et al. 2020: token and position embeddings, and an untied unembedding matrix, are
-excluded), and C, the training compute. Counting by formula, rather than only from a
+excluded; we count T5's relative-position biases as position embeddings too), and C,
+the training compute. Counting by formula, rather than only from a
 param tree, lets a sweep plan its runs before building anything; the tests check every
 formula against the real param tree and the real forward pass's matmuls.
 
@@ -38,7 +39,9 @@ def _shape(config) -> dict:
       bias=getattr(config, "use_bias", True), tied=getattr(config, "tie_embeddings", True),
       norm=str(getattr(config, "norm", "layernorm")).lower(),
       mlp=str(getattr(config, "mlp", getattr(config, "mlp_type", "gelu"))).lower(),
-      position=str(getattr(config, "position", "learned")).lower())
+      position=str(getattr(config, "position", "learned")).lower(),
+      qk_norm=bool(getattr(config, "qk_norm", False)),
+      buckets=getattr(config, "relative_buckets", 32))
 
 
 def _norm_params(s: dict) -> int:
@@ -61,14 +64,17 @@ def _block_matrices(s: dict) -> tuple[int, int]:
 def param_counts(config) -> ParamCounts:
   """Total, embedding and non-embedding parameters of a GPT-family config."""
   s = _shape(config)
-  if s["position"] not in ("learned", *NO_PARAM_POSITIONS):
+  if s["position"] not in ("learned", "t5", *NO_PARAM_POSITIONS):
     raise NotImplementedError(f"no parameter formula for model.position={s['position']!r}")
   weights, biases = _block_matrices(s)
-  block = weights + biases + 2 * _norm_params(s)
+  qk_norm = 2 * s["H"] if s["qk_norm"] else 0  # a scale over head_dim for queries and keys
+  block = weights + biases + 2 * _norm_params(s) + qk_norm
   non_embedding = s["L"] * block + _norm_params(s)  # + the final norm
   embedding = s["V"] * s["d"]
   if s["position"] == "learned":
     embedding += s["max_len"] * s["d"]
+  elif s["position"] == "t5":  # one bias per (bucket, head), shared by the layers
+    embedding += s["buckets"] * s["nq"]
   if not s["tied"]:
     embedding += s["d"] * s["V"]
   return ParamCounts(embedding + non_embedding, embedding, non_embedding)

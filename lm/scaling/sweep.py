@@ -104,7 +104,7 @@ def _run_config(sweep: SweepConfig, overrides: dict, steps: int) -> dict:
   train["num_steps"] = steps
   train["eval_every"] = steps  # one evaluation, at the end
   train["checkpoint_every"] = min(train.get("checkpoint_every", steps), steps)
-  train["log_every"] = min(train.get("log_every", 10), steps)
+  train["log_every"] = train["steps_per_call"]
   return values
 
 
@@ -117,7 +117,9 @@ def plan(sweep: SweepConfig) -> list[PlannedRun]:
       tokens_per_step = probe.data.batch_size * probe.data.seq_len
       n = counting.param_counts(probe.model).non_embedding
       tokens = budget if sweep.tokens else budget / (6 * n)
-      steps = max(1, round(tokens / tokens_per_step))
+      # Whole scans of train.steps_per_call steps: one compiled train step per run.
+      per_call = probe.train.steps_per_call
+      steps = per_call * max(1, round(tokens / (tokens_per_step * per_call)))
       if sweep.flops and not sweep.min_steps <= steps <= sweep.max_steps:
         continue
       values = _run_config(sweep, overrides, steps)
