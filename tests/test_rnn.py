@@ -77,7 +77,7 @@ def numpy_forward(cell, params, tokens_BT):
 def test_cell_matches_handwritten_numpy_step(cell):
   model, params = _model(cell)
   tokens_BT = np.random.default_rng(2).integers(0, V, (3, 7))
-  logits_BTV, _ = model.apply({"params": params}, jnp.asarray(tokens_BT))
+  logits_BTV, _ = jax.jit(model.apply)({"params": params}, jnp.asarray(tokens_BT))
   np.testing.assert_allclose(logits_BTV, numpy_forward(cell, params, tokens_BT), atol=2e-5)
 
 
@@ -107,9 +107,10 @@ def test_cache_decoding_equals_the_full_forward():
   logits, caches = model.apply({"params": params}, padded, caches=model.init_cache(2),
                                cache_index=0)
   np.testing.assert_allclose(logits[:, :4], full_BTV[:, :4], atol=1e-5)
+  decode = jax.jit(lambda tokens, caches, i: model.apply({"params": params}, tokens,
+                                                        caches=caches, cache_index=i))
   for i in range(4, 9):
-    step_logits, caches = model.apply({"params": params}, tokens_BT[:, i:i + 1], caches=caches,
-                                      cache_index=i)
+    step_logits, caches = decode(tokens_BT[:, i:i + 1], caches, i)
     np.testing.assert_allclose(step_logits[:, 0], full_BTV[:, i], atol=1e-5)
 
 
@@ -117,11 +118,15 @@ def test_greedy_generation_follows_the_argmax_chain():
   model, params = _model("gru")
   prompt = [3, 1, 4]
   out = generate(model, params, prompt, max_new_tokens=6, temperature=0.0)[0].tolist()
-  seq = list(prompt)
+  # Reference: the carried-state path (not the cache), one token at a time.
+  step = jax.jit(lambda tokens, carry: model.apply({"params": params}, tokens, carry=carry,
+                                                   return_carry=True))
+  logits, carry = model.apply({"params": params}, jnp.asarray([prompt]), return_carry=True)
+  expected = []
   for _ in range(6):
-    logits, _ = model.apply({"params": params}, jnp.asarray([seq]))
-    seq.append(int(jnp.argmax(logits[0, -1])))
-  assert out == seq[len(prompt):]
+    expected.append(int(jnp.argmax(logits[0, -1])))
+    logits, carry = step(jnp.asarray([[expected[-1]]]), carry)
+  assert out == expected
 
 
 def test_tbptt_threads_the_state_across_consecutive_windows():
