@@ -33,6 +33,12 @@ _MAX_NEW = flags.DEFINE_integer("max_new_tokens", None, "sample: tokens to gener
 _SEED = flags.DEFINE_integer("seed", None, "sample: random seed.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "sample: independent samples.")
 _TEXT = flags.DEFINE_string("text", None, "score: the text to score.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator", None, "Multi-process runs: HOST:PORT of process 0 (jax.distributed).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process runs: how many.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process runs: this one's index.")
+_INIT_TIMEOUT = flags.DEFINE_integer("init_timeout_s", 60,
+                                     "Multi-process runs: seconds to wait for all processes.")
 _HF_CHECKPOINT = flags.DEFINE_string(
     "hf_checkpoint", None, "embed: a Hugging Face BERT dir (config.json, model.safetensors, "
     "tokenizer.json); prints the mean-pooled, L2-normalised embedding of --text.")
@@ -62,9 +68,53 @@ def _experiment(kind: str):
     raise UserError(f"unknown experiment kind {kind!r}: no experiments/{kind}.py") from None
 
 
+def _wait_for_coordinator(address: str, timeout_s: float, who: str):
+  """Polls the coordinator's port: XLA's client aborts the process (no exception) when it
+  cannot register, so an absent coordinator is caught here, with a message."""
+  import socket
+  import time
+  host, _, port = address.rpartition(":")
+  deadline = time.monotonic() + timeout_s
+  while True:
+    try:
+      with socket.create_connection((host or "127.0.0.1", int(port)), timeout=1.0):
+        return
+    except (OSError, ValueError) as e:
+      if time.monotonic() > deadline:
+        raise UserError(f"could not join the multi-process run at {address} as process {who} "
+                        f"within {timeout_s}s: {e}") from None
+      time.sleep(0.2)
+
+
+def _init_distributed():
+  """Joins a multi-process run when --coordinator (or JAX_COORDINATOR_ADDRESS) is given."""
+  coordinator = _COORDINATOR.value or os.environ.get("JAX_COORDINATOR_ADDRESS")
+  if not coordinator:
+    return
+  import jax
+  num = _NUM_PROCESSES.value or int(os.environ.get("JAX_NUM_PROCESSES", 0))
+  pid = _PROCESS_ID.value if _PROCESS_ID.value is not None else int(
+      os.environ.get("JAX_PROCESS_ID", -1))
+  if num < 1 or not 0 <= pid < num:
+    raise UserError(f"a multi-process run needs --num_processes >= 1 and 0 <= --process_id < "
+                    f"num_processes, got {num} and {pid}")
+  if pid != 0:
+    _wait_for_coordinator(coordinator, _INIT_TIMEOUT.value, f"{pid}/{num}")
+  if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  try:
+    jax.distributed.initialize(coordinator, num_processes=num, process_id=pid,
+                               initialization_timeout=_INIT_TIMEOUT.value)
+  except Exception as e:  # noqa: BLE001 -- jax raises several types here; all mean "no run"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise UserError(f"could not join the multi-process run at {coordinator} as process "
+                    f"{pid}/{num} within {_INIT_TIMEOUT.value}s: {first}") from None
+
+
 def _main(argv):
   if len(argv) > 1:
     raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+  _init_distributed()
   if _MODE.value == "embed":  # needs no workdir
     if not _HF_CHECKPOINT.value or _TEXT.value is None:
       raise UserError("--mode=embed needs --hf_checkpoint=DIR and --text")

@@ -121,6 +121,8 @@ def _restore_or_init(config, model, tx, checkpointer, task: Task, layout: Layout
 
 
 def _save_run_files(workdir, config, task: Task):
+  if jax.process_index() != 0:  # in a multi-process run the first process writes the files
+    return
   config_lib.save_json(config, os.path.join(workdir, workdir_lib.CONFIG))
   if task.save_files is not None:
     task.save_files(workdir)
@@ -166,7 +168,8 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
   t = config.train
   meter = _Throughput(task.tokens_per_step)
   step = int(state.step)
-  writer = MetricsWriter(workdir, resume_step=step)
+  is_chief = jax.process_index() == 0
+  writer = MetricsWriter(workdir, resume_step=step) if is_chief else None
   last_good_step = checkpointer.latest_step()
   previous = _read_json(os.path.join(workdir, "summary.json"))
   train_loss = previous.get("train_loss", float("nan"))
@@ -207,13 +210,15 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
         progress.write(f"step {step}: train_loss {train_loss:.4f} "
                        f"val_loss {last_eval['val_loss']:.4f}")
       if record:
-        writer.write(step, record)
+        if writer is not None:
+          writer.write(step, record)
       if step % t.checkpoint_every == 0 or done:
         checkpointer.save(step, state, data_iter.get_state())
         last_good_step = step
   finally:
     progress.close()
-    writer.close()
+    if writer is not None:
+      writer.close()
     checkpointer.close()
 
   if not last_eval:  # nothing left to train: report the checkpoint as it is
@@ -231,5 +236,6 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
   # A rerun with nothing left to train keeps the earlier throughput figures.
   summary = {**previous, **{k: v if v is not None else previous.get(k)
                             for k, v in summary.items()}}
-  write_json(os.path.join(workdir, "summary.json"), summary)
+  if is_chief:
+    write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
