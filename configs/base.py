@@ -46,3 +46,10 @@ def make_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.train.steps_per_call = 10
   config.sample.max_new_tokens = 50
   return config
+
+
+def sharding(rules: str = "dp", data: int = -1, fsdp: int = 1, tensor: int = 1,
+             expert: int = 1) -> ml_collections.ConfigDict:
+  """The `sharding` section (lm/sharding.py): mesh sizes (-1 = the rest) and rule preset."""
+  return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor, expert=expert,
+                                        rules=rules, overrides=""))

@@ -95,6 +95,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.steps_per_call = 10
   c.train.seed = 0
 
+  # All devices data-parallel; e.g. --config.sharding.rules=fsdp --config.sharding.fsdp=-1
+  # --config.sharding.data=1 shards params and optimizer state instead (docs/sharding.md).
+  c.sharding = base.sharding()
+
   c.sample = ml_collections.ConfigDict()
   c.sample.prompt = "ROMEO:"
   c.sample.max_new_tokens = 200
