@@ -45,7 +45,10 @@ class Corpus:
 
   def token_strings(self) -> list[str]:
     tok = self.tokenizer
-    strings = [tok.decode([i]) for i in range(tok.vocab_size)]
+    if tok.kind == "bpe":  # byte-level symbols ("Ġthe"): unique, unlike decoded byte pieces
+      strings = [tok.hf.id_to_token(i) for i in range(tok.vocab_size)]
+    else:
+      strings = [tok.decode([i]) for i in range(tok.vocab_size)]
     return strings + ([BOS, EOS] if self.bos is not None else [])
 
   def decode(self, ids) -> str:
