@@ -9,8 +9,9 @@ table.md, table.json and table.png (val loss vs training wall-clock).
 Budgets: the LSTM (configs/rnn_shakespeare.py) and the Transformer
 (configs/shakespeare_char.py) train for the same steps x batch x 64-token windows.
 
-Variants:
-  smoke   n-gram orders 2..3 and the two neural configs' :smoke variants (under a minute)
+Variants (`--config=configs/lecture_table.py:ARGS`):
+  smoke     n-gram orders 2..3 and the two neural configs' :smoke variants (a minute or two)
+  steps=N   train both neural models for N steps (same tokens each; default 2000)
 Overrides: --config.lstm.train.num_steps=... --config.transformer.model.num_layers=...
 """
 
@@ -20,7 +21,7 @@ from configs import base, rnn_shakespeare, shakespeare_char
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = base.parse_arg(arg, smoke=False)
+  args = base.parse_arg(arg, smoke=False, steps=0)
   sub_arg = "smoke" if args.smoke else None
   c = ml_collections.ConfigDict()
   c.kind = "lecture_table"
@@ -37,4 +38,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   for sub in (c.lstm, c.transformer):
     for field in ("path", "tokenizer", "vocab_size", "val_fraction"):
       sub.data[field] = c.data[field]
+    if args.steps:
+      sub.train.num_steps = args.steps
   return c
