@@ -5,6 +5,7 @@ intact checkpoint and ends bitwise equal to an uninterrupted run."""
 
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -217,29 +218,37 @@ def test_bad_arguments(tmp_path):
 # --------------------------------------------------------------------------- a real kill
 
 
-def test_sigkill_inside_a_save_resumes_from_an_intact_checkpoint(tmp_path):
-  """Kills a training subprocess the moment orbax's temporary step directory appears,
-  then reruns the command: it resumes from the last complete checkpoint and finishes.
-  (tests/test_kill_resume.py, slow, also compares such runs bitwise with an
-  uninterrupted one.)"""
-  spec = kill_resume.RunSpec(kill_resume.make_corpus(str(tmp_path / "corpus.txt"), 8000),
-                             num_steps=8, checkpoint_every=2,
-                             cache_dir=str(tmp_path / "jax_cache"))
-  workdir = str(tmp_path / "killed")
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory) -> dict:
+  """A training subprocess SIGKILLed the moment orbax's temporary step directory
+  appears, then rerun with the same command to the end."""
+  root = tmp_path_factory.mktemp("killed")
+  spec = kill_resume.RunSpec(kill_resume.make_corpus(str(root / "corpus.txt"), 8000),
+                             num_steps=8, checkpoint_every=2, cache_dir=str(root / "jax_cache"))
+  workdir = str(root / "run")
   # The first save (step 2) is let through so that a complete checkpoint exists.
   event = kill_resume.start_and_kill(
       spec, workdir, lambda w: kill_resume.saving_now(w) and kill_resume.logged_steps(w) > 2,
       poll_s=0.0005)
+  ckpt = Checkpointer(workdir, create=False)
+  intact = {s: ckpt.verify(s) for s in ckpt.all_steps()}
+  ckpt.close()
+  return {"spec": spec, "root": root, "workdir": workdir, "event": event, "intact": intact,
+          "resumed": kill_resume.run(spec, workdir)}
+
+
+def test_sigkill_inside_a_save_resumes_from_an_intact_checkpoint(killed_run):
+  """(tests/test_kill_resume.py, slow, also compares such runs bitwise with an
+  uninterrupted one.)"""
+  event, workdir = killed_run["event"], killed_run["workdir"]
   assert event["killed"] and event["returncode"] == -signal.SIGKILL, event["stderr"]
   assert event["saving"], "the kill did not land inside a save"
-  ckpt = Checkpointer(workdir, create=False)
-  intact = ckpt.all_steps()
-  assert intact and all(ckpt.verify(s) is None for s in intact)
-  ckpt.close()
+  intact = killed_run["intact"]
+  assert intact and all(problem is None for problem in intact.values()), intact
 
-  proc = kill_resume.run(spec, workdir)
+  proc = killed_run["resumed"]
   assert proc.returncode == 0, proc.stderr
-  assert f"at step {intact[-1]}" in proc.stdout
+  assert f"at step {max(intact)}" in proc.stdout
   assert "unusable" not in proc.stderr  # nothing was damaged, so nothing was set aside
   names = os.listdir(os.path.join(workdir, "checkpoints"))
   assert not any(kill_resume.TMP_MARKER in n for n in names), names  # cleaned up
@@ -247,3 +256,27 @@ def test_sigkill_inside_a_save_resumes_from_an_intact_checkpoint(tmp_path):
   ckpt = Checkpointer(workdir, create=False)
   assert ckpt.latest_step() == 8 and ckpt.verify(8) is None
   ckpt.close()
+
+
+def test_training_falls_back_past_a_truncated_checkpoint(killed_run):
+  """The trainer, through Checkpointer, skips a truncated latest checkpoint: one warning
+  line, resume from the one before, train the lost steps again, save a good one."""
+  assert killed_run["resumed"].returncode == 0, killed_run["resumed"].stderr
+  workdir = killed_run["root"] / "damaged"
+  shutil.copytree(killed_run["workdir"], workdir)
+  truncate(biggest_file(workdir / "checkpoints" / "8"))
+  before = kill_resume.read_metrics(str(workdir))
+  proc = kill_resume.run(killed_run["spec"], str(workdir))
+  assert proc.returncode == 0, proc.stderr
+  warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+  assert len(warnings) == 1 and "checkpoints/8 is unusable" in warnings[0], proc.stderr
+  assert "truncated" in warnings[0] and "checkpoints.corrupt/8" in warnings[0]
+  assert "at step 6" in proc.stdout
+  assert (workdir / CORRUPT_DIR / "8").is_dir()
+  ckpt = Checkpointer(str(workdir), create=False)
+  assert ckpt.latest_step() == 8 and ckpt.verify(8) is None
+  ckpt.close()
+  after = kill_resume.read_metrics(str(workdir))
+  assert [r["step"] for r in after] == list(range(1, 9))
+  # Steps 7 and 8 were trained again from step 6's state and data position: same losses.
+  assert [r["train_loss"] for r in after] == [r["train_loss"] for r in before]
