@@ -1,0 +1,164 @@
+"""Greedy and beam search against independent references.
+
+- greedy with the KV cache == a Python loop of full decoder forwards and argmax;
+- beam 1 == greedy (length penalty 0);
+- a beam wide enough to never prune returns exactly the best hypotheses of a brute-force
+  enumeration of every sequence, each scored by one teacher-forced forward pass;
+- a narrow beam's scores equal the teacher-forced scores of the sequences it returns.
+"""
+
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_encdec import random_params
+
+from lm.decoding import beam_search, greedy_decode, length_penalty_factor, strip_after_eos
+from lm.models.encdec import EncDecConfig, EncoderDecoder, shift_right
+
+PAD, EOS = 0, 1
+
+
+def _model(vocab, max_target_len, position="t5"):
+  return EncoderDecoder(EncDecConfig(
+      vocab_size=vocab, num_encoder_layers=1, num_decoder_layers=2, num_heads=2, embed_dim=16,
+      mlp_dim=32, max_len=6, max_target_len=max_target_len, position=position))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  """Vocab {pad, eos, a, b}: small enough to enumerate every target of length <= 3."""
+  model = _model(4, 3)
+  params = random_params(model, seed=5, scale=0.6)
+  sources = np.array([[2, 3, 2, 0, 0, 0], [3, 3, 2, 3, 2, 0], [2, 2, 0, 0, 0, 0]], np.int32)
+  return model, params, sources
+
+
+@pytest.fixture(scope="module")
+def small():
+  model = _model(9, 8, position="learned")
+  params = random_params(model, seed=6, scale=0.5)
+  rng = np.random.default_rng(0)
+  sources = rng.integers(2, 9, (4, 6)).astype(np.int32)
+  sources[1, 3:] = PAD
+  return model, params, sources
+
+
+@functools.cache
+def jitted_apply(model):
+  return jax.jit(model.apply)
+
+
+def teacher_forced_logp(model, params, sources, targets):
+  """Sum of log p(target_t | target_<t, source) over each hypothesis up to its EOS."""
+  sources, targets = np.asarray(sources), np.asarray(targets)
+  logits = jitted_apply(model)({"params": params}, sources, shift_right(jnp.asarray(targets)))
+  logp = np.asarray(jax.nn.log_softmax(logits), np.float64)
+  out = []
+  for row in range(len(targets)):
+    n = len(strip_after_eos(targets[row], EOS))
+    n = min(n + 1, targets.shape[1])  # include the EOS if there is one
+    out.append(sum(logp[row, t, targets[row, t]] for t in range(n)))
+  return np.array(out), logp
+
+
+def naive_greedy(model, params, source, max_len):
+  """Full decoder forward on the whole prefix at every step; no cache.
+
+  The prefix is right-padded to a fixed length (one compile); later positions cannot
+  change earlier logits (causality, tests/test_encdec.py).
+  """
+  tokens = []
+  while len(tokens) < max_len:
+    dec_in = np.zeros((1, max_len), np.int32)
+    dec_in[0, :len(tokens) + 1] = [model.config.decoder_start_id] + tokens
+    logits = jitted_apply(model)({"params": params}, source[None], dec_in)
+    tokens.append(int(np.argmax(logits[0, len(tokens)])))
+    if tokens[-1] == EOS:
+      break
+  return tokens + [PAD] * (max_len - len(tokens))
+
+
+def test_greedy_with_cache_equals_full_forward_argmax(small):
+  model, params, sources = small
+  got = greedy_decode(model, params, sources, max_len=8, eos_id=EOS)
+  for row in range(len(sources)):
+    assert got[row].tolist() == naive_greedy(model, params, sources[row], 8)
+
+
+@pytest.mark.parametrize("fixture", ["tiny", "small"])
+def test_beam_one_equals_greedy(fixture, request):
+  model, params, sources = request.getfixturevalue(fixture)
+  max_len = model.config.max_target_len
+  greedy = greedy_decode(model, params, sources, max_len=max_len, eos_id=EOS)
+  seqs, scores = beam_search(model, params, sources, beam_size=1, max_len=max_len, eos_id=EOS)
+  np.testing.assert_array_equal(seqs[:, 0], greedy)
+  want, _ = teacher_forced_logp(model, params, sources, greedy)
+  np.testing.assert_allclose(scores[:, 0], want, rtol=1e-5, atol=1e-5)
+
+
+def all_hypotheses(vocab, max_len):
+  """Every finished target: k non-EOS tokens then EOS (k < max_len), or max_len non-EOS."""
+  others = [v for v in range(vocab) if v != EOS]
+  hyps = []
+  for k in range(max_len):
+    hyps += [list(p) + [EOS] + [PAD] * (max_len - k - 1)
+             for p in itertools.product(others, repeat=k)]
+  hyps += [list(p) for p in itertools.product(others, repeat=max_len)]
+  return np.array(hyps, np.int32)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.8])
+def test_unpruned_beam_finds_the_brute_force_best(tiny, alpha):
+  model, params, sources = tiny
+  max_len, vocab = 3, 4
+  hyps = all_hypotheses(vocab, max_len)  # 1 + 3 + 9 ending in EOS, 27 truncated
+  assert len(hyps) == 40
+  # K = 36 >= the candidates of any step (9 live beams x 4 tokens): nothing is pruned.
+  K = 36
+  seqs, scores = beam_search(model, params, sources, beam_size=K, max_len=max_len, eos_id=EOS,
+                             length_penalty=alpha)
+  for row in range(len(sources)):
+    src = np.repeat(sources[row:row + 1], len(hyps), axis=0)
+    logp, _ = teacher_forced_logp(model, params, src, hyps)
+    lengths = np.array([min(len(strip_after_eos(h, EOS)) + 1, max_len) for h in hyps])
+    brute = logp / ((5.0 + lengths) / 6.0) ** alpha
+    order = np.argsort(-brute, kind="stable")[:K]
+    np.testing.assert_allclose(scores[row], brute[order], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(seqs[row, 0], hyps[order[0]])
+    # The whole top-K list matches, up to swaps of (numerically) tied scores.
+    got = {tuple(s) for s in seqs[row]}
+    want = {tuple(hyps[i]) for i in order}
+    assert len(got ^ want) <= 2 * np.sum(np.abs(np.diff(brute[order])) < 1e-5)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6])
+def test_pruned_beam_scores_are_teacher_forced_scores(small, alpha):
+  model, params, sources = small
+  max_len = model.config.max_target_len
+  seqs, scores = beam_search(model, params, sources, beam_size=3, max_len=max_len, eos_id=EOS,
+                             length_penalty=alpha)
+  greedy = greedy_decode(model, params, sources, max_len=max_len, eos_id=EOS)
+  for row in range(len(sources)):
+    logp, _ = teacher_forced_logp(model, params, np.repeat(sources[row:row + 1], 3, 0),
+                                  seqs[row])
+    lengths = np.array([min(len(strip_after_eos(s, EOS)) + 1, max_len) for s in seqs[row]])
+    np.testing.assert_allclose(scores[row], logp / length_penalty_factor(lengths, alpha),
+                               rtol=1e-5, atol=1e-5)
+    assert np.all(np.diff(scores[row]) <= 0)  # best first
+    assert len({tuple(s) for s in seqs[row]}) == 3  # distinct hypotheses
+    if alpha == 0.0:  # the beam contains greedy's path, so it can only do better
+      g, _ = teacher_forced_logp(model, params, sources[row:row + 1], greedy[row:row + 1])
+      assert scores[row, 0] >= g[0] - 1e-5
+
+
+def test_bad_arguments_are_user_errors(small):
+  from lm.errors import UserError
+  model, params, sources = small
+  with pytest.raises(UserError, match="max_target_len"):
+    greedy_decode(model, params, sources, max_len=9, eos_id=EOS)
+  with pytest.raises(UserError, match="length_penalty"):
+    beam_search(model, params, sources, beam_size=2, max_len=4, eos_id=EOS, length_penalty=-1)
