@@ -74,6 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.attention_pattern = "dense"  # dense | local | strided | alternating_local | local_strided
   c.model.attention_window = 32
   c.model.attention_stride = 8
+  c.model.remat = "none"  # none | full | dots: rematerialise block activations
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-3
@@ -93,6 +94,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 500
   c.train.keep_checkpoints = 3
   c.train.steps_per_call = 10
+  c.train.grad_accum_steps = 1  # > 1: sequential microbatches (same update, less memory)
   c.train.seed = 0
 
   # All devices data-parallel; e.g. --config.sharding.rules=fsdp --config.sharding.fsdp=-1

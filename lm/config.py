@@ -69,11 +69,12 @@ class TrainConfig:
   checkpoint_every: int = 500
   keep_checkpoints: int = 3
   steps_per_call: int = 10  # optimizer steps per jitted call (lax.scan): hides dispatch cost
+  grad_accum_steps: int = 1  # split each batch into this many sequential microbatches
   seed: int = 0  # parameter init and dropout
 
   def __post_init__(self):
     for name in ("num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
-                 "steps_per_call"):
+                 "steps_per_call", "grad_accum_steps"):
       if getattr(self, name) <= 0:
         raise UserError(f"train.{name} must be positive, got {getattr(self, name)}")
 

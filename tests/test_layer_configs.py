@@ -36,7 +36,7 @@ def _run(workdir, *flags, config="configs/shakespeare_char.py:smoke"):
     ("--config.model.position=alibi", "--config.model.mlp=geglu",
      "--config.model.attention_pattern=strided", "--config.model.attention_stride=4"),
     ("--config.model.position=sinusoidal", "--config.model.num_heads=4",
-     "--config.model.num_kv_heads=2"),
+     "--config.model.num_kv_heads=2", "--config.model.remat=dots"),
 ])
 def test_gpt_trains_and_samples_with_layer_options(tmp_path, flags):
   result = _run(tmp_path / "w", *flags)

@@ -7,6 +7,7 @@ with dropout. Legend: B batch, T length, S encoder length, D model dim.
 import dataclasses
 
 import flax.linen as nn
+import jax
 
 from lm.layers.attention import Attention, BiasFn, KVCache
 from lm.layers.mlp import MLP
@@ -46,7 +47,7 @@ class PreLNBlock(nn.Module):
                      "dense" if pattern == "cross" else pattern, c.window, c.stride, name=name)
 
   @nn.compact
-  def __call__(self, x_BTD, mask_B1TS, *, positions_BT, bias_fn: BiasFn | None = None,
+  def __call__(self, x_BTD, mask_B1TS, bias_fn: BiasFn | None = None, *, positions_BT,
                cache: KVCache | None = None, cache_index=None, encoded_BSD=None,
                cross_mask_B1TS=None, deterministic: bool = True):
     c = self.config
@@ -64,3 +65,21 @@ class PreLNBlock(nn.Module):
                 name="mlp")(make_norm(c.norm, "ln_mlp", c.use_bias)(x_BTD))
     x_BTD = x_BTD + residual_dropout(h_BTD)
     return nn.with_logical_constraint(x_BTD, ("batch", "length", "act_embed")), cache
+
+
+# Activation rematerialisation (gradient checkpointing): what the backward pass may keep.
+REMAT_POLICIES = {
+    "none": None,  # keep everything (fastest, most memory)
+    "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole block
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
+}
+
+
+def block_class(remat: str = "none"):
+  """PreLNBlock, wrapped in nn.remat with the named policy unless `remat` is "none"."""
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat {remat!r}; known: {sorted(REMAT_POLICIES)}")
+  if remat == "none":
+    return PreLNBlock
+  # bias_fn (argument 3, counting self) is a function or module, not an array: static.
+  return nn.remat(PreLNBlock, policy=REMAT_POLICIES[remat], static_argnums=(3,))

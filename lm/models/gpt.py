@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from lm.layers import masks as masks_lib
 from lm.layers.attention import KVCache
-from lm.layers.block import BlockConfig, PreLNBlock
+from lm.layers.block import REMAT_POLICIES, BlockConfig, block_class
 from lm.layers.embed import TokenEmbedding
 from lm.layers.mlp import ACTIVATIONS
 from lm.layers.norms import NORMS, make_norm
@@ -54,6 +54,7 @@ class GPTConfig:
   attention_pattern: str = "dense"  # dense | local | strided | alternating_local | local_strided
   attention_window: int = 32  # local layers: each token sees itself and window - 1 before
   attention_stride: int = 8  # strided layers: keys at distances 0, s, 2s, ...
+  remat: str = "none"  # none | full | dots: recompute activations in the backward pass
 
   def __post_init__(self):
     if self.vocab_size < 0:
@@ -69,7 +70,7 @@ class GPTConfig:
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
     choices = {"position": POSITIONS, "norm": NORMS, "mlp": tuple(ACTIVATIONS),
-               "attention_pattern": tuple(LAYOUTS)}
+               "attention_pattern": tuple(LAYOUTS), "remat": tuple(REMAT_POLICIES)}
     for name, known in choices.items():
       if getattr(self, name) not in known:
         raise ValueError(f"model.{name}={getattr(self, name)!r}; choose one of {known}")
@@ -150,9 +151,10 @@ class GPT(nn.Module):
     x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "act_embed"))
 
     new_caches = []
+    block = block_class(c.remat)
     for i, pattern in enumerate(layer_patterns(c.attention_pattern, c.num_layers)):
-      x_BTD, cache = PreLNBlock(c.block_config(pattern), name=f"block_{i}")(
-          x_BTD, mask_B1TS, positions_BT=positions_BT, bias_fn=bias_fn,
+      x_BTD, cache = block(c.block_config(pattern), name=f"block_{i}")(
+          x_BTD, mask_B1TS, bias_fn, positions_BT=positions_BT,
           cache=None if caches is None else caches[i], cache_index=cache_index,
           deterministic=deterministic)
       new_caches.append(cache)

@@ -133,7 +133,11 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   layout = Layout.from_config(config.sharding)
   config, task = build_task(config, workdir)
-  layout.check_batch(config.data.batch_size, "data.batch_size")
+  accum = config.train.grad_accum_steps
+  if config.data.batch_size % accum:
+    raise UserError(f"data.batch_size={config.data.batch_size} is not divisible by "
+                    f"train.grad_accum_steps={accum}")
+  layout.check_batch(config.data.batch_size // accum, "data.batch_size / train.grad_accum_steps")
   for batch in task.eval_batches[:1]:
     layout.check_batch(len(next(iter(batch.values()))), "the eval batch size")
   model = build_model(config.family, config.model)
@@ -147,7 +151,7 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
   _save_run_files(workdir, config, task)
 
   if task.make_multi_step is None:
-    multi_step = make_multi_step(loss_fn, tx, state_shardings)
+    multi_step = make_multi_step(loss_fn, tx, state_shardings, accum)
   else:
     multi_step = task.make_multi_step(loss_fn, tx)
   eval_step = make_eval_step(loss_fn, task.eval_weights)
