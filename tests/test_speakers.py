@@ -104,8 +104,8 @@ def test_bad_arguments_are_user_errors(tmp_path):
     speakers.speaker_splits(MINI_PLAY, 2, val_fraction=1.0)
   with pytest.raises(UserError, match="too few"):
     speakers.speaker_splits(MINI_PLAY, 4, val_fraction=0.2)  # Second Servant has 1 line
-  one_speech = ("A:\na1\na2\n\nB:\nb1\nb2\n\nA:\na3\na4\n\nCLOWN:\nc1\nc2\nc3\nc4\n\n"
-                "B:\nb3\nb4\n")
+  one_speech = ("ANNE:\na1\na2\n\nBEN:\nb1\nb2\n\nANNE:\na3\na4\n\nCLOWN:\nc1\nc2\nc3\nc4\n\n"
+                "BEN:\nb3\nb4\n")
   with pytest.raises(UserError, match="CLOWN"):  # one speech cannot be in both splits
     speakers.speaker_splits(one_speech, 3, val_fraction=0.25)  # 4 lines each
   path = tmp_path / "play.txt"
