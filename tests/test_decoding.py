@@ -28,11 +28,19 @@ def _model(vocab, max_target_len, position="t5"):
       mlp_dim=32, max_len=6, max_target_len=max_target_len, position=position))
 
 
+def favour_eos(params, strength):
+  """Adds `strength` to the EOS logit at every step (through the final norm's bias and the
+  tied output projection), so hypotheses end at varied lengths and EOS handling is used."""
+  e = params["embed"]["embedding"][EOS]
+  norm = dict(params["decoder_norm"], bias=params["decoder_norm"]["bias"] + strength * e / (e @ e))
+  return dict(params, decoder_norm=norm)
+
+
 @pytest.fixture(scope="module")
 def tiny():
   """Vocab {pad, eos, a, b}: small enough to enumerate every target of length <= 3."""
   model = _model(4, 3)
-  params = random_params(model, seed=5, scale=0.6)
+  params = favour_eos(random_params(model, seed=5, scale=0.6), 8.0)
   sources = np.array([[2, 3, 2, 0, 0, 0], [3, 3, 2, 3, 2, 0], [2, 2, 0, 0, 0, 0]], np.int32)
   return model, params, sources
 
@@ -40,7 +48,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def small():
   model = _model(9, 8, position="learned")
-  params = random_params(model, seed=6, scale=0.5)
+  params = favour_eos(random_params(model, seed=6, scale=0.5), 3.0)
   rng = np.random.default_rng(0)
   sources = rng.integers(2, 9, (4, 6)).astype(np.int32)
   sources[1, 3:] = PAD
@@ -85,6 +93,7 @@ def naive_greedy(model, params, source, max_len):
 def test_greedy_with_cache_equals_full_forward_argmax(small):
   model, params, sources = small
   got = greedy_decode(model, params, sources, max_len=8, eos_id=EOS)
+  assert 0 < np.sum(got == EOS) < len(sources)  # some rows end early, some run to max_len
   for row in range(len(sources)):
     assert got[row].tolist() == naive_greedy(model, params, sources[row], 8)
 
@@ -127,6 +136,9 @@ def test_unpruned_beam_finds_the_brute_force_best(tiny, alpha):
     lengths = np.array([min(len(strip_after_eos(h, EOS)) + 1, max_len) for h in hyps])
     brute = logp / ((5.0 + lengths) / 6.0) ** alpha
     order = np.argsort(-brute, kind="stable")[:K]
+    if alpha == 0.0:  # here the best hypothesis is not greedy's: the search matters
+      assert seqs[row, 0].tolist() != greedy_decode(model, params, sources[row:row + 1],
+                                                    max_len=max_len, eos_id=EOS)[0].tolist()
     np.testing.assert_allclose(scores[row], brute[order], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(seqs[row, 0], hyps[order[0]])
     # The whole top-K list matches, up to swaps of (numerically) tied scores.
