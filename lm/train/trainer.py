@@ -19,6 +19,7 @@ from lm.data.pipeline import next_chunk
 from lm.errors import UserError
 from lm.models.registry import build_model
 from lm.tasks import build_task
+from lm.train import mfu
 from lm.train.checkpoint import Checkpointer
 from lm.train.ema import find_ema
 from lm.train.layout import Layout
@@ -167,6 +168,10 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
                                                                 val_batches).items()})
     return metrics
 
+  num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+  flops_per_token = mfu.model_flops_per_token(config.family, config.model, config.data.seq_len,
+                                              num_params)
+  peak = mfu.peak_flops(getattr(config.model, "matmul_dtype", "float32"))
   schedule = learning_rate_schedule(config.optim, config.train.num_steps)
   base_rng = jax.random.key(config.train.seed)
   t = config.train
@@ -206,6 +211,8 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
         record = {"train_loss": train_loss, "lr": float(schedule(step - 1)),
                   "grad_norm": float(np.asarray(metrics["grad_norm"])[-1]),
                   "tokens_per_sec": meter.tokens_per_sec,
+                  "model_flops_per_sec": meter.tokens_per_sec * flops_per_token,
+                  "mfu": meter.tokens_per_sec * flops_per_token / peak,
                   "tokens_seen": step * meter.tokens_per_step}
       if step % t.eval_every == 0 or done:
         last_eval = evaluate_all(state)
@@ -230,7 +237,9 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
   summary = {
       **last_eval, "best_val_loss": float(np.nanmin([best_val, last_eval["val_loss"]])),
       "train_loss": train_loss, "steps": step,
-      "params": sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params)),
+      "params": num_params,
+      "model_flops_per_token": flops_per_token, "peak_flops": peak,
+      "mfu": meter.tokens_per_sec * flops_per_token / peak if meter.steps else None,
       "tokens_per_sec": meter.tokens_per_sec if meter.steps else None,
       "compile_time_s": meter.compile_seconds, "wall_time_s": time.time() - start_time,
       "tokenizer": task.tokenizer.kind, "vocab_size": task.tokenizer.vocab_size,

@@ -1,0 +1,77 @@
+"""Model FLOPs utilisation: model FLOPs per token, the device's measured matmul peak, MFU.
+
+Model FLOPs follow PaLM (Chowdhery et al. 2022, appendix B): 6 per matmul weight per
+token (forward 2, backward 4), counting the output projection onto the vocabulary, plus
+12·L·H·Q·T for attention scores and weighted sums. The attention term is *not* halved
+for causal masks (the masked half is computed anyway); embedding lookups, norms and
+softmax are not counted. MFU = tokens/s × model FLOPs per token / peak FLOP/s.
+
+The peak is measured, not taken from a datasheet: a large square matmul in the run's
+matmul dtype, timed on this machine's devices, cached in ~/.cache/lm/peak_flops.json
+(`python -m experiments.bench_peak` remeasures it).
+"""
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "lm",
+                     "peak_flops.json")
+
+
+def model_flops_per_token(family: str, model_config, seq_len: int, num_params: int) -> float:
+  """PaLM-convention training FLOPs per token; 6 x params for families without a formula."""
+  if family != "gpt":
+    return 6.0 * num_params
+  # Every matmul of the forward pass (projections, MLP, full T x T attention, logits),
+  # times 3 for forward + backward: exactly 6 per weight + 12·L·H·Q·T.
+  from lm.scaling.counting import train_matmul_flops_per_token
+  return train_matmul_flops_per_token(model_config, seq_len)
+
+
+def _device_key(dtype: str) -> str:
+  d = jax.devices()[0]
+  return f"{d.platform}:{getattr(d, 'device_kind', '?')}:{jax.device_count()}:{dtype}"
+
+
+def measure_peak_flops(dtype: str = "float32", size: int = 2048, repeats: int = 5) -> float:
+  """Best-of-`repeats` FLOP/s of a size x size matmul on every device at once."""
+  devices = jax.devices()
+  n = len(devices)
+  mesh = jax.sharding.Mesh(np.asarray(devices), ("d",))
+  spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
+  x = jax.device_put(jnp.ones((n, size, size), dtype), spec)
+  f = jax.jit(lambda a: jnp.einsum("nij,njk->nik", a, a, preferred_element_type=jnp.float32))
+  f(x).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    f(x).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2.0 * n * size ** 3 / best
+
+
+def peak_flops(dtype: str = "float32", remeasure: bool = False) -> float:
+  """The cached measured peak for this device kind and dtype (measured on first use)."""
+  key = _device_key(dtype)
+  cache = {}
+  if os.path.exists(CACHE):
+    try:
+      with open(CACHE) as f:
+        cache = json.load(f)
+    except (OSError, ValueError):
+      cache = {}
+  if remeasure or key not in cache:
+    cache[key] = measure_peak_flops(dtype)
+    try:
+      os.makedirs(os.path.dirname(CACHE), exist_ok=True)
+      with open(CACHE + ".tmp", "w") as f:
+        json.dump(cache, f, indent=1, sort_keys=True)
+      os.replace(CACHE + ".tmp", CACHE)
+    except OSError:
+      pass  # a read-only home only costs a remeasurement next time
+  return float(cache[key])
