@@ -2,7 +2,7 @@
 effective size after exact and near-duplicate removal.
 
   python -m experiments.corpus_stats --input=data/tinyshakespeare.txt --format=paragraphs \
-      --ngrams=1,2,3,13 [--report=/tmp/stats.json]
+      --ngrams=1,2,3,13 [--tokenizer=WORKDIR/tokenizer.json] [--report=/tmp/stats.json]
 
 Prints (and optionally writes) a JSON object; see lm/data/stats.py.
 """
@@ -15,6 +15,7 @@ from absl import flags
 from experiments import hygiene_cli
 from lm.data.documents import FORMATS, read_documents
 from lm.data.stats import corpus_stats
+from lm.data.tokenizers import load_tokenizer
 from lm.errors import UserError
 
 _INPUT = flags.DEFINE_string("input", None, "Corpus.", required=True)
@@ -24,6 +25,8 @@ _TEXT_KEY = flags.DEFINE_string("text_key", "text", "jsonl: the field holding th
 _NGRAMS = flags.DEFINE_list("ngrams", ["1", "2", "3", "13"], "n-gram sizes to count.")
 _THRESHOLD = flags.DEFINE_float("threshold", 0.8, "Near duplicates: estimated Jaccard >= this.")
 _SHINGLE = flags.DEFINE_integer("shingle", 5, "Dedup shingle length in words.")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "Also count tokens of this tokenizer "
+                                 "(a run's WORKDIR/tokenizer.json).")
 _REPORT = flags.DEFINE_string("report", None, "Also write the JSON here.")
 
 
@@ -41,7 +44,9 @@ def main():
   sizes = _ngram_sizes()
   start = time.perf_counter()
   docs = read_documents(_INPUT.value, _FORMAT.value, _TEXT_KEY.value)
-  stats = corpus_stats(docs.texts, sizes, threshold=_THRESHOLD.value, shingle=_SHINGLE.value)
+  tokenizer = load_tokenizer(_TOKENIZER.value) if _TOKENIZER.value else None
+  stats = corpus_stats(docs.texts, sizes, tokenizer, threshold=_THRESHOLD.value,
+                       shingle=_SHINGLE.value)
   stats["seconds"] = time.perf_counter() - start
   print(json.dumps(stats, indent=1))
   if _REPORT.value:

@@ -66,13 +66,20 @@ def test_dedup_cli(files):
 
 
 def test_corpus_stats_cli(files):
-  proc = cli("corpus_stats", f"--input={files / 'dups.txt'}", "--ngrams=1,6")
+  text = (files / "dups.txt").read_text()
+  (files / "tokenizer.json").write_text(json.dumps({"kind": "char", "chars": sorted(set(text))}))
+  proc = cli("corpus_stats", f"--input={files / 'dups.txt'}", "--ngrams=1,6",
+             f"--tokenizer={files / 'tokenizer.json'}")
   assert proc.returncode == 0, proc.stderr
   stats = json.loads(proc.stdout)
   assert stats["words"] == 21 and stats["documents"] == 4
   assert stats["ngrams"]["1"]["unique"] == 9  # one..six, something, else, entirely
   assert stats["ngrams"]["6"] == {"total": 3, "unique": 1, "unique_fraction": 1 / 3}
   assert stats["dedup"]["effective_words"] == 9
+  # Char tokens of the kept paragraphs: "one two three four five six", "something else entirely".
+  assert stats["tokens"] == stats["characters"]
+  assert stats["dedup"]["effective_tokens"] == len("one two three four five six") + len(
+      "something else entirely")
 
 
 @pytest.mark.parametrize("module,args,needles", [
@@ -86,6 +93,7 @@ def test_corpus_stats_cli(files):
     ("dedup", ["--input=D", "--output=/no/such/dir/out.txt"], ["does not exist"]),
     ("corpus_stats", ["--input=D", "--ngrams=x"], ["--ngrams"]),
     ("corpus_stats", ["--input=D", "stray"], ["unexpected arguments"]),
+    ("corpus_stats", ["--input=D", "--tokenizer=/no/tokenizer.json"], ["tokenizer file not found"]),
 ])
 def test_bad_input(files, module, args, needles):
   (files / "bad.jsonl").write_text("not json\n")

@@ -7,6 +7,7 @@ import pytest
 
 from lm.data import dedup, ngrams
 from lm.data.stats import corpus_stats
+from lm.data.tokenizers import CharTokenizer
 from lm.errors import UserError
 
 
@@ -135,7 +136,9 @@ def test_bad_arguments():
 
 def test_corpus_stats_brute_force():
   docs = _planted_corpus(2) + ["", "Short one.", "short ONE"]
-  stats = corpus_stats(docs, ngram_sizes=(1, 2, 13), threshold=0.7, shingle=5)
+  char_tokenizer = CharTokenizer.build("".join(docs))  # one token per character
+  stats = corpus_stats(docs, ngram_sizes=(1, 2, 13), tokenizer=char_tokenizer, threshold=0.7,
+                       shingle=5)
   all_words = [ngrams.words(d) for d in docs]
   assert stats["documents"] == len(docs)
   assert stats["characters"] == sum(map(len, docs))
@@ -153,4 +156,6 @@ def test_corpus_stats_brute_force():
   kept = [i for i in range(len(docs)) if cluster[i] == i]
   assert stats["dedup"]["effective_documents"] == len(kept)
   assert stats["dedup"]["effective_words"] == sum(len(all_words[i]) for i in kept)
+  assert stats["tokens"] == stats["characters"]
+  assert stats["dedup"]["effective_tokens"] == sum(len(docs[i]) for i in kept)
   assert stats["dedup"]["exact_duplicate_documents"] == 9  # 8 planted + "short one"

@@ -17,10 +17,12 @@ from lm.data.ngrams import unique as ngrams_unique
 
 
 def corpus_stats(docs: Sequence[str], ngram_sizes: Sequence[int] = (1, 2, 3, 13),
-                 **dedup_options) -> dict:
+                 tokenizer=None, **dedup_options) -> dict:
   """A JSON-ready dict of document, character, byte and word counts and dedup figures.
 
-  `dedup_options` go to `lm.data.dedup.deduplicate` (threshold, shingle, num_perm, ...).
+  `tokenizer` (an `lm.data.tokenizers` tokenizer, e.g. a run's tokenizer.json) adds
+  the size in that model's tokens. `dedup_options` go to `lm.data.dedup.deduplicate`
+  (threshold, shingle, num_perm, ...).
   """
   words = hash_words(docs)
   words_D = words.words_per_doc
@@ -38,6 +40,10 @@ def corpus_stats(docs: Sequence[str], ngram_sizes: Sequence[int] = (1, 2, 3, 13)
     unique = len(ngrams_unique(hash_G))
     stats["ngrams"][str(n)] = {"total": len(hash_G), "unique": unique,
                                "unique_fraction": unique / len(hash_G) if len(hash_G) else 0.0}
+  tokens_D = None
+  if tokenizer is not None:
+    tokens_D = np.fromiter((len(tokenizer.encode(d)) for d in docs), np.int64, len(docs))
+    stats["tokens"] = int(tokens_D.sum())
   result = deduplicate(docs, words=words, **dedup_options)
   keep_D = result.keep
   stats["dedup"] = {
@@ -48,4 +54,6 @@ def corpus_stats(docs: Sequence[str], ngram_sizes: Sequence[int] = (1, 2, 3, 13)
       "effective_words": int(words_D[keep_D].sum()),
       "effective_fraction": float(words_D[keep_D].sum() / max(words_D.sum(), 1)),
   }
+  if tokens_D is not None:
+    stats["dedup"]["effective_tokens"] = int(tokens_D[keep_D].sum())
   return stats
