@@ -69,6 +69,12 @@ def bf16_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_elem
   return y.reshape(*batch_shape, *out_shape)
 
 
+MATMUL_DTYPES = ("float32", "bfloat16", "fp8")
+
+
 def dot_general_for(compute_dtype: str):
   """The dot_general a Dense layer should use for `model.matmul_dtype`."""
+  if compute_dtype == "fp8":
+    from lm.layers.fp8 import fp8_dot_general
+    return fp8_dot_general
   return bf16_dot_general if compute_dtype == "bfloat16" else None

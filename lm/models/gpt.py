@@ -26,6 +26,7 @@ from lm.layers.positions import (
   alibi_bias,
   sinusoidal_embedding,
 )
+from lm.layers.precision import MATMUL_DTYPES
 from lm.layers.sparse_attention import LAYOUTS, layer_patterns
 
 
@@ -40,7 +41,7 @@ class GPTConfig:
   dropout: float = 0.0
   use_bias: bool = True
   tie_embeddings: bool = True
-  matmul_dtype: str = "float32"  # "bfloat16": bf16 matmul operands, f32 everything else
+  matmul_dtype: str = "float32"  # bfloat16 | fp8 (simulated E4M3, lm/layers/fp8.py) operands
   # --- layer library choices (docs/layers.md) ---
   position: str = "learned"  # learned | sinusoidal | rope | alibi | t5 | none
   rope_base: float = 10000.0
@@ -65,8 +66,9 @@ class GPTConfig:
     if min(self.num_layers, self.num_heads, self.embed_dim, self.mlp_dim, self.max_len) <= 0:
       raise ValueError("model sizes (num_layers, num_heads, embed_dim, mlp_dim, max_len) "
                        "must be positive")
-    if self.matmul_dtype not in ("float32", "bfloat16"):
-      raise ValueError(f"model.matmul_dtype must be float32 or bfloat16, got {self.matmul_dtype!r}")
+    if self.matmul_dtype not in MATMUL_DTYPES:
+      raise ValueError(f"model.matmul_dtype must be one of {MATMUL_DTYPES}, got "
+                       f"{self.matmul_dtype!r}")
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
     choices = {"position": POSITIONS, "norm": NORMS, "mlp": tuple(ACTIVATIONS),
