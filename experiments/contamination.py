@@ -59,14 +59,15 @@ def main():
         f"a {n}-gram with the training corpus; checked "
         f"{hygiene_cli.megabytes_per_second(summary['train_characters'], seconds)}")
   for i in result.dirty.nonzero()[0][:10].tolist():
-    print(f"  dirty #{i}: {result.overlap[i]}/{result.num_grams[i]} grams  "
-          f"{evaluation.texts[i][:70]!r}")
+    print(f"  dirty #{i}: {result.overlap[i]}/{result.num_grams[i]} grams, first: "
+          f"{result.overlap_text(evaluation.texts[i], i)!r}")
   if _CLEAN.value:
     write_documents(evaluation, result.clean_indices, _CLEAN.value)
     print(f"clean subset ({summary['clean']} examples) written to {_CLEAN.value}")
   if _REPORT.value:
     examples = [{"index": i, "words": int(result.num_words[i]), "grams": int(result.num_grams[i]),
-                 "overlapping_grams": int(result.overlap[i]), "dirty": bool(result.dirty[i])}
+                 "overlapping_grams": int(result.overlap[i]), "dirty": bool(result.dirty[i]),
+                 "first_overlap": result.overlap_text(evaluation.texts[i], i)}
                 for i in range(len(evaluation))]
     hygiene_cli.write_json(_REPORT.value, {"summary": summary, "examples": examples})
     print(f"report written to {_REPORT.value}")

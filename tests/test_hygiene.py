@@ -96,6 +96,10 @@ def test_hand_made_overlaps():
   np.testing.assert_array_equal(result.overlap, [1, 1, 0, 1, 0, 0])
   np.testing.assert_array_equal(result.dirty, [True, True, False, True, False, False])
   assert result.clean_indices == [2, 4, 5]
+  np.testing.assert_array_equal(result.first_overlap, [0, 1, -1, 0, -1, -1])
+  assert result.overlap_text(evaluation[1], 1) == SPAN
+  assert result.overlap_text(evaluation[3], 3) == "five small hedgehogs"
+  assert result.overlap_text(evaluation[2], 2) == ""
   assert result.dirty_fraction == pytest.approx(3 / 6)
   # With 8-grams the 12-word overlap of example 2 counts: 12 - 8 + 1 = 5 of its 8 grams.
   result8 = check_contamination(train, evaluation, n=8)
@@ -135,6 +139,8 @@ def test_matches_brute_force(n, max_train_docs):
     grams = brute_ngrams(doc, n) if len(w) >= n else ([tuple(w)] if w else [])
     assert result.num_grams[i] == len(grams), i
     assert result.overlap[i] == sum(map(allowed, grams)), i
+    first = next((j for j, g in enumerate(grams) if allowed(g)), -1)
+    assert result.first_overlap[i] == first, i
   assert 0 < result.dirty.sum() < len(evaluation)  # the case is not trivial
 
 

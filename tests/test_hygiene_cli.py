@@ -50,6 +50,8 @@ def test_contamination_cli(files):
   report = json.loads((files / "report.json").read_text())
   assert [e["dirty"] for e in report["examples"]] == [False, True, True]
   assert report["summary"]["dirty"] == 2
+  assert report["examples"][1]["first_overlap"] == " ".join(SECRET.split()[:13])
+  assert report["examples"][2]["first_overlap"] == "the end"
   clean = [json.loads(line) for line in (files / "clean.jsonl").read_text().splitlines()]
   assert clean == [{"id": 0, "text": "A question nobody has asked before, about quiet rivers."}]
 

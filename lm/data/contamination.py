@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from lm.data.ngrams import WordHashes, hash_words, ngram_hashes_upto, unique
+from lm.data.ngrams import WordHashes, hash_words, ngram_hashes_upto, unique, words
 from lm.errors import UserError
 
 
@@ -34,6 +34,14 @@ class Contamination:
   num_grams: np.ndarray  # n-grams checked (1 for a shorter, non-empty example: its whole text)
   overlap: np.ndarray  # how many of those occur in the training corpus
   dirty: np.ndarray  # bool: overlap > 0
+  first_overlap: np.ndarray  # word index where the first overlapping gram starts, or -1
+
+  def overlap_text(self, example: str, index: int) -> str:
+    """The normalised words of example `index`'s first overlapping gram ('' if clean)."""
+    start = int(self.first_overlap[index])
+    if start < 0:
+      return ""
+    return " ".join(words(example)[start:start + min(self.n, int(self.num_words[index]))])
 
   @property
   def clean_indices(self) -> list[int]:
@@ -124,12 +132,19 @@ def check_contamination(train_docs: Iterable[str], eval_docs: Sequence[str], n: 
 
   num_docs = len(eval_docs)
   num_grams, overlap = np.zeros(num_docs, np.int64), np.zeros(num_docs, np.int64)
+  first_overlap = np.full(num_docs, np.iinfo(np.int64).max)
   for k, (hash_G, doc_G) in queries.items():
     pairs = np.unique(np.concatenate(found[k], axis=1), axis=1) if found[k] else \
         np.zeros((2, 0), np.uint64)
     hashes, train_doc_count = np.unique(pairs[0], return_counts=True)
     if max_train_docs:
       hashes = hashes[train_doc_count <= max_train_docs]
+    hit_G = _HashSet(hashes).contains(hash_G)
     num_grams += np.bincount(doc_G, minlength=num_docs)
-    overlap += np.bincount(doc_G[_HashSet(hashes).contains(hash_G)], minlength=num_docs)
-  return Contamination(n, eval_words.words_per_doc, num_grams, overlap, overlap > 0)
+    overlap += np.bincount(doc_G[hit_G], minlength=num_docs)
+    # An example's grams are consecutive and in order: a gram's start is its rank.
+    start_G = np.arange(len(doc_G)) - np.searchsorted(doc_G, doc_G)
+    np.minimum.at(first_overlap, doc_G[hit_G], start_G[hit_G])
+  first_overlap[first_overlap == np.iinfo(np.int64).max] = -1
+  return Contamination(n, eval_words.words_per_doc, num_grams, overlap, overlap > 0,
+                       first_overlap)
