@@ -119,6 +119,7 @@ def candidate_pairs(sig_DP: np.ndarray, bands: int, rows: int) -> np.ndarray:
 
 
 def estimated_jaccard(sig_DP: np.ndarray, pairs_M2: np.ndarray, chunk: int = 1 << 16):
+  """sim_M: the fraction of equal MinHash entries of each pair (chunked to bound memory)."""
   out_M = np.empty(len(pairs_M2), np.float64)
   for i in range(0, len(pairs_M2), chunk):
     a, b = pairs_M2[i:i + chunk, 0], pairs_M2[i:i + chunk, 1]
