@@ -211,9 +211,10 @@ class EncoderDecoder(nn.Module):
 
 def init_params(model: EncoderDecoder, seed: int, source_len: int | None = None,
                 target_len: int | None = None):
-  """Unboxed parameters from `seed` (shapes do not depend on the dummy lengths)."""
+  """Params as `model.init` makes them: boxed with logical axis names (the trainer places
+  and unboxes them; `nn.meta.unbox` gives plain arrays). Shapes do not depend on the
+  dummy lengths."""
   c = model.config
   src = jnp.zeros((1, source_len or c.max_len), jnp.int32)
   tgt = jnp.zeros((1, target_len or c.max_target_len), jnp.int32)
-  init_fn = jax.jit(lambda rng: nn.meta.unbox(model.init(rng, src, tgt)["params"]))
-  return init_fn(jax.random.key(seed))
+  return model.init(jax.random.key(seed), src, tgt)["params"]

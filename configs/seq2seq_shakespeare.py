@@ -1,0 +1,29 @@
+"""Supervised seq2seq: Shakespeare lines -> Pig Latin, with a T5-style encoder-decoder.
+
+Run:
+  python -m experiments.run --config=configs/seq2seq_shakespeare.py --workdir=/tmp/s2s
+Expected (docs/encoder_decoder.md has the measured run): teacher-forced val_accuracy
+> 0.95; summary.json has greedy_exact_match and greedy_token_accuracy of greedily
+decoded held-out lines (lines of the validation split that never occur in training).
+
+The rule (lm/tasks/seq2seq.py): a word starting with a vowel gets "way"; any other word
+moves its leading consonants to the end and gets "ay"; non-letters stay:
+"Romeo, thou art" -> "omeoRay, outhay artway".
+
+Args: smoke, arch=t5|bart, rule=pig_latin|reverse_words, beam_size=K (also report
+beam-search exact match at the end).
+"""
+
+import ml_collections
+
+from configs import base
+from configs.t5_shakespeare import encdec_config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = base.parse_arg(arg, smoke=False, arch="t5", rule="pig_latin", beam_size=0)
+  task_config = {"rule": args.rule, "num_eval_lines": 64 if args.smoke else 1000,
+                 "beam_size": args.beam_size, "length_penalty": 0.6}
+  # Every line of tiny Shakespeare fits: <= 63 characters (+ EOS) in, <= 98 (+ EOS) out.
+  return encdec_config("seq2seq", args.arch, seq_len=64, max_len=64, max_target_len=100,
+                       num_steps=1500, task_config=task_config, smoke=args.smoke)
