@@ -24,6 +24,9 @@ class Task:
   # so the trainer can shard them; it jits, places and unboxes.
   init_params: Callable[[Any, int], Any]
   sample: Callable[[Any, Any], str] | None = None  # (model, params) -> text for the summary
+  # (model, params) -> extra metrics for summary.json at the end of training, e.g. exact
+  # match of generated outputs (decoding is too slow for every eval).
+  final_metrics: Callable[[Any, Any], dict] | None = None
   save_files: Callable[[str], None] | None = None  # writes task files into the workdir
   # Eval metrics are averaged weighted by a count the loss function also returns:
   # metric name -> count name; metrics not listed use "num_tokens".

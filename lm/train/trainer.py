@@ -246,6 +246,8 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
   }
   if task.sample is not None:
     summary["sample"] = task.sample(model, state.params)
+  if task.final_metrics is not None:
+    summary.update(task.final_metrics(model, state.params))
   # A rerun with nothing left to train keeps the earlier throughput figures.
   summary = {**previous, **{k: v if v is not None else previous.get(k)
                             for k, v in summary.items()}}
