@@ -107,7 +107,7 @@ class PostLNBlock(nn.Module):
     x_BTD = _layer_norm(c, "ln_attn")(x_BTD + drop(h_BTD))
     h_BTD = MLP(c.mlp_dim, c.num_layers, c.use_bias, c.matmul_dtype, c.mlp, name="mlp")(x_BTD)
     x_BTD = _layer_norm(c, "ln_mlp")(x_BTD + drop(h_BTD))
-    return nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
+    return nn.with_logical_constraint(x_BTD, ("batch", "length", "act_embed"))
 
 
 class MLMHead(nn.Module):
@@ -122,7 +122,7 @@ class MLMHead(nn.Module):
     bias_V = self.param("bias", init.zeros(("vocab",)), (c.vocab_size,))
     logits_BTV = attend(h_BTD) + bias_V
     return nn.with_logical_constraint(logits_BTV.astype(jnp.float32),
-                                      ("batch", "length", "vocab"))
+                                      ("batch", "length", "act_vocab"))
 
 
 class Bert(nn.Module):
@@ -167,7 +167,7 @@ class Bert(nn.Module):
     if c.norm_position == "post":
       x_BTD = self.ln_embed(x_BTD)
     x_BTD = self.embed_dropout(x_BTD, deterministic=deterministic)
-    x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
+    x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "act_embed"))
     for block in self.blocks:
       if c.norm_position == "post":
         x_BTD = block(x_BTD, mask_B1TS, positions_BT=positions_BT, deterministic=deterministic)
@@ -198,8 +198,14 @@ def mean_pool(hidden_BTD, valid_BT, normalize: bool = True):
   return mean_BD
 
 
-def init_params(model: Bert, seq_len: int, seed: int):
-  """All parameters (encoder, pooler, MLM and NSP heads), unboxed."""
+def init_params(model: Bert, seq_len: int, seed: int, boxed: bool = False):
+  """All parameters (encoder, pooler, MLM and NSP heads).
+
+  `boxed=True` keeps the logical axis names (what a Task returns: the trainer places and
+  unboxes them); otherwise plain arrays.
+  """
   dummy = jnp.zeros((1, seq_len), jnp.int32)
+  if boxed:
+    return model.init(jax.random.key(seed), dummy)["params"]
   init_fn = jax.jit(lambda rng: nn.meta.unbox(model.init(rng, dummy)["params"]))
   return init_fn(jax.random.key(seed))

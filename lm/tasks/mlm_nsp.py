@@ -302,7 +302,7 @@ def build(config, workdir: str):
       eval_batches=evals,
       tokens_per_step=d.batch_size * d.seq_len,
       make_loss=mlm_nsp_loss,
-      init_params=lambda model, seed: bert_lib.init_params(model, d.seq_len, seed),
+      init_params=lambda model, seed: bert_lib.init_params(model, d.seq_len, seed, boxed=True),
       sample=sample,
       save_files=lambda run_dir: tok.save(os.path.join(run_dir, workdir_lib.TOKENIZER)),
       eval_weights=EVAL_WEIGHTS)
