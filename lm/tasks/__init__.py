@@ -14,6 +14,10 @@ _TASKS = {
     "causal_lm": ("lm.tasks.causal_lm", "CausalLMConfig"),
     "mlm_nsp": ("lm.tasks.mlm_nsp", "MLMNSPConfig"),  # BERT: masked LM + next sentence
     "tbptt_lm": ("lm.tasks.tbptt_lm", "TBPTTConfig"),  # recurrent models, carried state
+    # encoder-decoder ("encdec" family): T5 span corruption, BART denoising, supervised pairs
+    "span_corruption": ("lm.tasks.span_corruption", "SpanCorruptionConfig"),
+    "denoising": ("lm.tasks.denoising", "DenoisingConfig"),
+    "seq2seq": ("lm.tasks.seq2seq", "Seq2SeqConfig"),
 }
 
 

@@ -152,12 +152,13 @@ def check_lengths(config, source_len: int, target_len: int):
                     f"({m.max_target_len})")
 
 
-def encdec_task(config, tokenizer, train_inputs, train_targets, eval_inputs, eval_targets,
-                describe, beam_size: int = 0, length_penalty: float = 0.0) -> Task:
-  """A Task for any (inputs, targets) arrays: random rows to train, all eval rows to
-  evaluate, greedy (and beam) metrics on the eval rows at the end."""
+def encdec_task(config, tokenizer, train_iter, shapes: tuple[int, int], eval_inputs,
+                eval_targets, describe, beam_size: int = 0, length_penalty: float = 0.0) -> Task:
+  """A Task from a train iterator of (inputs, targets) batches of `shapes` (source and
+  target lengths) and fixed eval arrays: every eval row evaluated, greedy (and beam)
+  metrics on them at the end; `describe(src, tgt, pred) -> str` for the summary sample."""
   d, m = config.data, config.model
-  check_lengths(config, train_inputs.shape[1], train_targets.shape[1])
+  check_lengths(config, *shapes)
   max_len = m.max_target_len
 
   def final_metrics(model, params) -> dict:
@@ -181,13 +182,11 @@ def encdec_task(config, tokenizer, train_inputs, train_targets, eval_inputs, eva
 
   return Task(
       tokenizer=tokenizer,
-      train_iter=iter(random_rows_dataset(train_inputs, train_targets, d.batch_size,
-                                          d.seed).to_iter_dataset()),
+      train_iter=train_iter,
       eval_batches=eval_batches(eval_inputs, eval_targets, d.eval_batch_size),
-      tokens_per_step=d.batch_size * (train_inputs.shape[1] + train_targets.shape[1]),
+      tokens_per_step=d.batch_size * sum(shapes),
       make_loss=seq2seq_loss,
-      init_params=lambda model, seed: init_params(model, seed, train_inputs.shape[1],
-                                                  train_targets.shape[1]),
+      init_params=lambda model, seed: init_params(model, seed, *shapes),
       sample=sample, save_files=save_files, eval_weights=EVAL_WEIGHTS,
       final_metrics=final_metrics)
 
@@ -225,7 +224,9 @@ def build(config, workdir: str):
     mark = "=" if strip_after_eos(pred, EOS_ID) == strip_after_eos(tgt, EOS_ID) else "≠"
     return f"{text(src)} -> {text(pred)} {mark} {text(tgt)}"
 
-  task = encdec_task(config, tokenizer, train_src, train_tgt, eval_src, eval_tgt, describe,
-                     tc.beam_size, tc.length_penalty)
+  train_iter = iter(random_rows_dataset(train_src, train_tgt, config.data.batch_size,
+                                        config.data.seed).to_iter_dataset())
+  task = encdec_task(config, tokenizer, train_iter, (source_len, target_len), eval_src, eval_tgt,
+                     describe, tc.beam_size, tc.length_penalty)
   return config, task
 
