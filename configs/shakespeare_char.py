@@ -22,7 +22,6 @@ import ml_collections
 
 from configs import base
 
-
 # Decoder-only variants: GPT-2's choices, and LLaMA's (Touvron et al. 2023) with GQA.
 ARCHS = {
     "gpt2": dict(position="learned", norm="layernorm", mlp="gelu", use_bias=True,
@@ -93,6 +92,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.eval_every = 250
   c.train.checkpoint_every = 500
   c.train.keep_checkpoints = 3
+  c.train.best_metric = ""  # "val_loss": also keep the best checkpoint by validation loss
+  c.train.best_mode = "min"
+  c.train.keep_best = 1
   c.train.steps_per_call = 10
   c.train.grad_accum_steps = 1  # > 1: sequential microbatches (same update, less memory)
   c.train.seed = 0

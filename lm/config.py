@@ -70,6 +70,9 @@ class TrainConfig:
   keep_checkpoints: int = 3
   steps_per_call: int = 10  # optimizer steps per jitted call (lax.scan): hides dispatch cost
   grad_accum_steps: int = 1  # split each batch into this many sequential microbatches
+  best_metric: str = ""  # e.g. "val_loss": also keep the best `keep_best` checkpoints by it
+  best_mode: str = "min"  # min | max
+  keep_best: int = 1
   seed: int = 0  # parameter init and dropout
 
   def __post_init__(self):

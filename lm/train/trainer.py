@@ -145,7 +145,9 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
   tx = make_optimizer(config.optim, config.train.num_steps)
   loss_fn = task.make_loss(model)
   data_iter = task.train_iter
-  checkpointer = Checkpointer(workdir, config.train.keep_checkpoints)
+  t = config.train
+  checkpointer = Checkpointer(workdir, t.keep_checkpoints, best_metric=t.best_metric or None,
+                              best_mode=t.best_mode, keep_best=t.keep_best)
   state, state_shardings = _restore_or_init(config, model, tx, checkpointer, task, layout)
   # Written only after the checkpoint check, so a mismatched config never
   # overwrites the description of the checkpoints already in the workdir.
@@ -224,7 +226,7 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
         if writer is not None:
           writer.write(step, record)
       if step % t.checkpoint_every == 0 or done:
-        checkpointer.save(step, state, data_iter.get_state())
+        checkpointer.save(step, state, data_iter.get_state(), metrics={**last_eval, **record})
         last_good_step = step
   finally:
     progress.close()
