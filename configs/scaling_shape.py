@@ -5,7 +5,7 @@ Run (resumable):
   python -m experiments.scaling_report --shape=runs/scaling_shape --out=docs/scaling
 Expected: aspect ratio (width / depth) from 128 down to 3 (41x), every run on the same
 1M tokens; Kaplan et al. (2020, Fig. 5) find the loss within a few percent over a wide
-range of shapes; the report gives our spread. ~6 minutes on a 2-core CPU.
+range of shapes; here the loss rises steadily from 1.98 (1 x 128) to 2.23 (12 x 37).
 
 Variants: `:smoke` (two shapes, a few dozen steps).
 """

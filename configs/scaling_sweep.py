@@ -4,9 +4,8 @@ Run (resumable: rerun to continue; finished runs are skipped):
   python -m experiments.run --config=configs/scaling_sweep.py --workdir=runs/scaling_sweep
 Then fit and plot (see docs/scaling.md):
   python -m experiments.scaling_report --sweep=runs/scaling_sweep --out=docs/scaling
-Expected: non-embedding N from 12k to 602k (49x), D from 250k to 2M tokens; val_loss
-falls with both, from ~2.1 (12k params, 250k tokens) to ~1.6 (602k, 2M); the full
-grid takes ~25 minutes on a 2-core CPU.
+Expected: non-embedding N from 12.8k to 608k (48x), D from 256k to 2M tokens; val_loss
+falls with both, from 2.56 (12.8k params, 256k tokens) to 1.84 (608k, 2M).
 
 Variants: `:smoke` (2 tiny sizes x 2 budgets of a few dozen steps, for tests).
 

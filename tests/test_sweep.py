@@ -141,3 +141,50 @@ def test_changed_plan_is_refused(smoke_sweep):
   values["sweep"]["models"][0]["optim.lr"] = 0.01
   with pytest.raises(UserError, match="another config"):
     sweep_exp.run(sweep_exp.parse_config(values), smoke_sweep["workdir"])
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def _row(n, d, loss, budget=None, **extra):
+  return {"name": f"N{n:.0f}_D{d:.0f}", "non_embedding_params": n, "tokens": d,
+          "flops_6nd": 6.0 * n * d, "val_loss": loss, "budget": budget or d, **extra}
+
+
+def test_pareto_front_by_hand():
+  from experiments.scaling_report import pareto_front
+  rows = [_row(1, 1, 3.0), _row(1, 2, 2.5), _row(2, 2, 2.7), _row(2, 4, 2.0), _row(4, 4, 2.2)]
+  # C = 6, 12, 24, 48, 96: the 24-FLOP run (2.7) and the 96-FLOP run (2.2) are beaten by
+  # cheaper runs.
+  assert [r["val_loss"] for r in pareto_front(rows)] == [3.0, 2.5, 2.0]
+
+
+def test_report_recovers_a_synthetic_sweep(tmp_path):
+  """Grid and IsoFLOP rows drawn from a Chinchilla law: fits, plots and report.md."""
+  from experiments import scaling_report
+  from lm.scaling import frontier, laws, plots
+  truth = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+  noise = np.random.default_rng(0)
+  law = lambda n, d: float(laws.chinchilla_loss(n, d, **truth) * np.exp(noise.normal(0, 0.002)))
+  grid = [_row(n, d, law(n, d)) for n in np.geomspace(1e7, 1e11, 6)
+          for d in np.geomspace(1e8, 1e12, 6)]
+  isoflop = []
+  for budget in (1e18, 1e19, 1e20):
+    n_opt, _ = frontier.parametric_frontier(truth, budget)
+    isoflop += [_row(n, budget / (6 * n), law(n, budget / (6 * n)), budget)
+                for n in n_opt * np.geomspace(1 / 8, 8, 7)]
+  shape = [_row(2e5, 1e6, loss, aspect_ratio=a, num_layers=l, embed_dim=w)
+           for loss, a, l, w in ((2.0, 64, 2, 128), (2.1, 8, 8, 64), (2.05, 16, 4, 64))]
+  fits = scaling_report.build_fits(grid, isoflop, shape, {}, bootstrap=0)
+  chin = fits["chinchilla"]["constants"]
+  assert chin["alpha"] == pytest.approx(0.34, rel=0.05)
+  assert chin["beta"] == pytest.approx(0.28, rel=0.05)
+  assert fits["approach3"]["a"] == pytest.approx(0.28 / 0.62, rel=0.1)
+  assert fits["isoflop"]["a"] == pytest.approx(0.28 / 0.62, rel=0.1)
+  assert fits["shape"]["spread_pct"] == pytest.approx(5.0)  # (2.1 - 2.0) / 2.0
+  names = plots.plot_all(fits, grid, isoflop, shape, str(tmp_path))
+  assert all((tmp_path / name).stat().st_size > 1000 for name in names) and len(names) == 6
+  report = scaling_report.report_markdown(fits, grid, isoflop, shape, names)
+  for heading in ("Single power laws", "Kaplan's joint law", "Chinchilla's parametric law",
+                  "Compute-optimal frontier", "Shape at fixed N", "isoflop.png"):
+    assert heading in report

@@ -34,17 +34,29 @@ def tokens_per_parameter(constants: dict, flops) -> np.ndarray:
   return d_opt / n_opt
 
 
-def isoflop_minimum(n_M, loss_M) -> dict:
-  """The vertex of loss = c0 + c1 log N + c2 (log N)^2, and the best run's N."""
+def isoflop_minimum(n_M, loss_M, window: int = 2) -> dict:
+  """The vertex of loss = c0 + c1 log N + c2 (log N)^2 near the best run, and its N.
+
+  The parabola is fitted to the best run and up to `window` sizes on each side of it:
+  far from the minimum a profile is not a parabola (small models flatten out, large
+  ones rise steeply), and those points would drag the vertex away.
+  """
   n_M, loss_M = np.asarray(n_M, float), np.asarray(loss_M, float)
   if np.unique(n_M).size < 3:
     raise UserError(f"an IsoFLOP profile needs at least 3 model sizes, got {np.unique(n_M).size}")
-  c2, c1, c0 = np.polyfit(np.log(n_M), loss_M, 2)
+  order = np.argsort(n_M, kind="stable")
+  n_M, loss_M = n_M[order], loss_M[order]
   best = int(np.argmin(loss_M))
-  log_n = -c1 / (2 * c2) if c2 > 0 else np.log(n_M[best])
+  lo, hi = max(0, best - window), min(n_M.size, best + window + 1)
+  while np.unique(n_M[lo:hi]).size < 3:  # the best run at an end: widen inwards
+    lo, hi = max(0, lo - 1), min(n_M.size, hi + 1)
+  log_n_W = np.log(n_M[lo:hi])
+  c2, c1, c0 = np.polyfit(log_n_W, loss_M[lo:hi], 2)
+  interior = bool(c2 > 0 and log_n_W.min() <= -c1 / (2 * c2) <= log_n_W.max())
+  log_n = -c1 / (2 * c2) if interior else np.log(n_M[best])
   return {"n_opt": float(np.exp(log_n)), "loss_opt": float(c0 + c1 * log_n + c2 * log_n ** 2),
-          "curvature": float(c2), "n_best_run": float(n_M[best]),
-          "interior": bool(c2 > 0 and np.log(n_M.min()) <= log_n <= np.log(n_M.max()))}
+          "curvature": float(c2), "n_best_run": float(n_M[best]), "interior": interior,
+          "fitted_sizes": n_M[lo:hi].tolist()}
 
 
 def isoflop_frontier(budget_M, n_M, loss_M, *, bootstrap: int = 0, seed: int = 0) -> dict:
