@@ -1,0 +1,1 @@
+"""Post-training on the decoder family: SFT, distillation, GRPO, DPO (docs/post_training.md)."""
