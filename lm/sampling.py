@@ -112,3 +112,21 @@ def generate(model, params, prompt_ids, *, max_new_tokens: int, temperature: flo
                   jax.random.key(seed), jnp.float32(temperature), jnp.float32(top_p),
                   max_new_tokens=max_new_tokens, top_k=int(top_k))
   return np.asarray(out)
+
+
+def generate_batch(model, params, prompts_BP, *, max_new_tokens: int, temperature: float = 1.0,
+                   top_k: int = 0, top_p: float = 1.0, rng=None) -> jax.Array:
+  """(B, max_new_tokens) continuations of B different prompts of one length P <= max_len.
+
+  The same jitted KV-cache loop as `generate`; `rng` is a key (None: key(0)). Returns a
+  device array so callers inside a loop (rollouts) need not copy to the host.
+  """
+  prompts_BP = jnp.asarray(prompts_BP, jnp.int32)
+  batch, length = prompts_BP.shape
+  max_len = model.config.max_len
+  if not 0 < length <= max_len:
+    raise UserError(f"prompts of length {length} must be 1..{max_len} tokens (model.max_len)")
+  context_BS = jnp.zeros((batch, max_len), jnp.int32).at[:, :length].set(prompts_BP)
+  rng = jax.random.key(0) if rng is None else rng
+  return _generate(model, params, context_BS, jnp.int32(length), rng, jnp.float32(temperature),
+                   jnp.float32(top_p), max_new_tokens=max_new_tokens, top_k=int(top_k))
