@@ -18,6 +18,10 @@ _TASKS = {
     "span_corruption": ("lm.tasks.span_corruption", "SpanCorruptionConfig"),
     "denoising": ("lm.tasks.denoising", "DenoisingConfig"),
     "seq2seq": ("lm.tasks.seq2seq", "Seq2SeqConfig"),
+    # post-training on the decoder family (docs/post_training.md)
+    "sft": ("lm.tasks.sft", "SFTConfig"),  # prompt/response, prompt masked, packed
+    "distill": ("lm.tasks.distill", "DistillConfig"),  # student <- teacher workdir's logits
+    "dpo": ("lm.tasks.dpo", "DPOConfig"),  # preference pairs, frozen reference
 }
 
 
