@@ -3,6 +3,7 @@
   python -m experiments.run --config=configs/X.py --workdir=DIR [--config.a.b=v ...]
   python -m experiments.run --workdir=DIR --mode=sample --prompt="ROMEO:" --temperature=0.8
   python -m experiments.run --workdir=DIR --mode=score --text="To be, or not to be"
+  python -m experiments.run --mode=embed --hf_checkpoint=HF_BERT_DIR --text="To be"
 
 `--mode=train` dispatches to `experiments/<config.kind>.py::run(config, workdir)`
 (the module's `parse_config(dict)` if it has one, else `lm.config.from_dict`, turns
