@@ -26,5 +26,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  "num_eval_examples": 64 if args.smoke else 512}
   # Inputs and targets: the window + EOS.
   return encdec_config("denoising", args.arch, seq_len=seq_len, max_len=seq_len + 1,
-                       max_target_len=seq_len + 1, num_steps=1500, task_config=task_config,
+                       max_target_len=seq_len + 1, num_steps=800, task_config=task_config,
                        smoke=args.smoke)

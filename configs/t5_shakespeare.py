@@ -31,7 +31,7 @@ ARCHS = {
 
 
 def encdec_config(task: str, arch: str, *, seq_len: int, max_len: int, max_target_len: int,
-                  num_steps: int, task_config: dict, batch_size: int = 16,
+                  num_steps: int, task_config: dict, batch_size: int = 12,
                   smoke: bool = False) -> ml_collections.ConfigDict:
   if arch not in ARCHS:
     raise ValueError(f"arch={arch!r}; choose one of {sorted(ARCHS)}")
@@ -57,7 +57,7 @@ def encdec_config(task: str, arch: str, *, seq_len: int, max_len: int, max_targe
   c.model.num_decoder_layers = 2
   c.model.num_heads = 4
   c.model.embed_dim = 128
-  c.model.mlp_dim = 512
+  c.model.mlp_dim = 256
   c.model.max_len = max_len
   c.model.max_target_len = max_target_len
   c.model.dropout = 0.0
@@ -111,5 +111,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  "num_eval_examples": 64 if args.smoke else 512}
   # inputs: L - noise + spans + EOS; targets: noise + spans + EOS (<= 27 for L = 128).
   return encdec_config("span_corruption", args.arch, seq_len=seq_len, max_len=seq_len,
-                       max_target_len=32, num_steps=2000, task_config=task_config,
+                       max_target_len=32, num_steps=800, task_config=task_config,
                        smoke=args.smoke)
