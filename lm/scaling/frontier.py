@@ -119,6 +119,11 @@ def envelope_frontier(curves: list[tuple[float, np.ndarray, np.ndarray]], num_po
     loss_opt.append(best[0])
     n_opt.append(best[1])
   flops = np.exp(grid)
-  k_n, a = fit_loglog_line(flops, n_opt)
+  # Where the smallest or largest model wins, the optimum lies beyond the sizes run:
+  # those points say only "at most" or "at least", so the line is fitted to the rest.
+  sizes = [n for n, _, _ in curves]
+  inside = np.array([min(sizes) < n < max(sizes) for n in n_opt])
+  fitted = inside if np.unique(np.array(n_opt)[inside]).size >= 2 else np.ones_like(inside)
+  k_n, a = fit_loglog_line(flops[fitted], np.array(n_opt)[fitted])
   return {"flops": flops.tolist(), "n_opt": [float(n) for n in n_opt], "loss_opt": loss_opt,
-          "a": a, "k_n": k_n}
+          "inside": inside.tolist(), "a": a, "k_n": k_n}

@@ -13,8 +13,8 @@ import numpy as np  # noqa: E402
 from lm.scaling import frontier, laws  # noqa: E402
 
 
-def _save(fig, out_dir: str, name: str) -> str:
-  for ax in fig.axes:  # plain numbers, not 2x10^0, on logarithmic loss axes
+def _save(fig, out_dir: str, name: str, loss_axis: bool = True) -> str:
+  for ax in fig.axes if loss_axis else ():  # plain numbers, not 2x10^0, on log loss axes
     ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.1f"))
   fig.tight_layout()
@@ -103,7 +103,7 @@ def frontier_plot(fits, out_dir) -> str:
   if fits.get("envelope"):
     env = fits["envelope"]
     ax.plot(env["flops"], env["n_opt"], "s", ms=3, color="C1",
-            label=f"training-curve envelope (∝ C^{env['a']:.2f})")
+            label=f"training-curve envelope (∝ C^{env['a']:.2f} inside the ladder)")
     spans.append(np.array(env["flops"]))
   if "chinchilla" in fits and "approach3" in fits and spans:
     c = np.geomspace(min(s.min() for s in spans), max(s.max() for s in spans), 50)
@@ -112,7 +112,7 @@ def frontier_plot(fits, out_dir) -> str:
   ax.set(xscale="log", yscale="log", xlabel="compute C = 6ND (FLOPs)",
          ylabel="compute-optimal N")
   ax.legend(fontsize=7)
-  return _save(fig, out_dir, "frontier.png")
+  return _save(fig, out_dir, "frontier.png", loss_axis=False)
 
 
 def shape_plot(shape, out_dir) -> str:
