@@ -1,0 +1,184 @@
+"""MoE layer against an independent NumPy reference that runs every expert on every token.
+
+The reference (float64) computes affinities, top-k selection (on affinity + bias), the
+normalised gates, all E experts densely, and combines them with a gate matrix that is zero
+for unselected experts; capacity dropping is re-implemented with explicit loops.
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lm.layers.moe import STATS, MoE, MoEConfig, balance_loss, max_violation
+
+
+def _gelu(x):  # tanh approximation, as jax.nn.gelu
+  return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def _silu(x):
+  return x / (1 + np.exp(-x))
+
+
+def reference_moe(params, x_BTD, c: MoEConfig, capacity=None):
+  """Dense all-experts MoE in float64; returns (y_BTD, selected_NK, gates_NK)."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  B, T, D = x_BTD.shape
+  x = np.asarray(x_BTD, np.float64).reshape(B * T, D)
+  logits = x @ p["router"]
+  if c.router == "softmax":
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    s = e / e.sum(-1, keepdims=True)
+  else:
+    s = 1 / (1 + np.exp(-logits))
+  select = s + p["balance_bias"]
+  chosen = np.argsort(-select, axis=-1, kind="stable")[:, :c.top_k]
+  gates = np.take_along_axis(s, chosen, -1)
+  if c.normalize_gates:
+    gates = gates / gates.sum(-1, keepdims=True)
+  G = np.zeros_like(s)  # N x E gate matrix, zero for experts not chosen (or dropped)
+  used = np.zeros(c.num_experts, int)
+  for n in range(x.shape[0]):
+    for k in range(c.top_k):
+      e = chosen[n, k]
+      if capacity is None or used[e] < capacity:
+        G[n, e] += gates[n, k]
+      used[e] += 1
+  y = np.zeros_like(x)
+  for e in range(c.num_experts):
+    if c.activation == "swiglu":
+      h = _silu(x @ p["wi_gate"][e]) * (x @ p["wi_up"][e])
+    else:
+      h = _gelu(x @ p["wi"][e])
+    y += G[:, e:e + 1] * (h @ p["wo"][e])
+  if c.num_shared:
+    sp = p["shared"]
+    if c.activation == "swiglu":
+      h = _silu(x @ sp["wi_gate"]["kernel"]) * (x @ sp["wi_up"]["kernel"])
+    else:
+      h = _gelu(x @ sp["wi"]["kernel"])
+    y += h @ sp["wo"]["kernel"]
+  return y.reshape(B, T, D), chosen, gates
+
+
+def _init(c: MoEConfig, shape=(2, 9, 6), seed=0):
+  x = jax.random.normal(jax.random.key(seed), shape)
+  params = nn.meta.unbox(MoE(c).init(jax.random.key(seed + 1), x)["params"])
+  # Larger router weights than the 0.02 init, so selections differ clearly between tokens.
+  params["router"] = params["router"] * 50
+  return params, x
+
+
+CASES = [
+    MoEConfig(num_experts=4, top_k=2, expert_dim=8, num_shared=1, block_size=4),
+    MoEConfig(num_experts=5, top_k=3, expert_dim=8, activation="gelu", router="sigmoid",
+              block_size=2),
+    MoEConfig(num_experts=8, top_k=1, expert_dim=4, normalize_gates=False, block_size=64),
+]
+
+
+@pytest.mark.parametrize("c", CASES)
+def test_dropless_equals_dense_reference(c):
+  params, x = _init(c)
+  y, stats = MoE(c).apply({"params": params}, x, mutable=[STATS])
+  y_ref, chosen, _ = reference_moe(params, x, c)
+  np.testing.assert_allclose(np.asarray(y), y_ref, atol=1e-5, rtol=1e-5)
+  counts = np.bincount(chosen.reshape(-1), minlength=c.num_experts)
+  np.testing.assert_allclose(stats[STATS]["load"][0], counts / chosen.size, atol=1e-7)
+  assert float(stats[STATS]["dropped"][0]) == 0.0
+
+
+def test_capacity_drops_later_tokens_like_the_reference():
+  c = MoEConfig(num_experts=4, top_k=2, expert_dim=8, capacity_factor=0.5, block_size=4)
+  params, x = _init(c)
+  N = x.shape[0] * x.shape[1]
+  capacity = math.ceil(0.5 * N * 2 / 4)
+  y, stats = MoE(c).apply({"params": params}, x, mutable=[STATS])
+  y_ref, chosen, _ = reference_moe(params, x, c, capacity=capacity)
+  np.testing.assert_allclose(np.asarray(y), y_ref, atol=1e-5, rtol=1e-5)
+  counts = np.bincount(chosen.reshape(-1), minlength=4)
+  dropped = np.maximum(counts - capacity, 0).sum() / chosen.size
+  assert dropped > 0
+  np.testing.assert_allclose(float(stats[STATS]["dropped"][0]), dropped, atol=1e-6)
+
+
+def _loss(params, x, c):
+  return jnp.sum(MoE(c).apply({"params": params}, x) ** 2)
+
+
+def test_balance_bias_changes_selection_not_gates_or_gradients():
+  c = CASES[0]
+  params, x = _init(c)
+  grads = jax.grad(_loss)(params, x, c)
+  assert np.all(np.asarray(grads["balance_bias"]) == 0.0)  # never in the gradient
+  # A bias equal for all experts cannot change any top-k: outputs and gradients identical.
+  shifted = dict(params, balance_bias=params["balance_bias"] + 0.3)
+  y0, y1 = (MoE(c).apply({"params": p}, x) for p in (params, shifted))
+  np.testing.assert_array_equal(np.asarray(y0), np.asarray(y1))
+  g1 = jax.grad(_loss)(shifted, x, c)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               {k: v for k, v in grads.items() if k != "balance_bias"},
+               {k: v for k, v in g1.items() if k != "balance_bias"})
+  # A large bias on experts 2 and 3 forces them to be chosen by every token ...
+  forced = dict(params, balance_bias=jnp.array([0.0, 0.0, 10.0, 10.0]))
+  y2 = MoE(c).apply({"params": forced}, x)
+  y_ref, chosen, gates = reference_moe(forced, x, c)
+  assert set(np.unique(chosen)) == {2, 3}
+  np.testing.assert_allclose(np.asarray(y2), y_ref, atol=1e-5, rtol=1e-5)
+  # ... and the gates are the unbiased affinities of 2 and 3, renormalised: not 1/2 each.
+  logits = np.asarray(x, np.float64).reshape(-1, 6) @ np.asarray(params["router"], np.float64)
+  s = np.exp(logits - logits.max(-1, keepdims=True))
+  s = s / s.sum(-1, keepdims=True)
+  expected = np.take_along_axis(s, chosen, -1)
+  np.testing.assert_allclose(gates, expected / expected.sum(-1, keepdims=True), rtol=1e-12)
+  assert np.abs(gates - 0.5).max() > 1e-3
+
+
+def test_balance_loss_by_hand():
+  # Two tokens, two experts, top-1: both pick expert 0; f = (1, 0), P = (0.7, 0.3).
+  affinity = jnp.array([[0.8, 0.2], [0.6, 0.4]])
+  assert float(balance_loss(affinity, jnp.array([[0], [0]]))) == pytest.approx(2 * 0.7)
+  # Perfect balance: 1.
+  assert float(balance_loss(affinity, jnp.array([[0], [1]]))) == pytest.approx(
+      2 * (0.5 * 0.7 + 0.5 * 0.3))
+  # Sigmoid affinities are normalised per token before averaging (DeepSeek-V3 eq. 18).
+  sig = jnp.array([[0.9, 0.3, 0.6]])
+  p = np.array([0.9, 0.3, 0.6]) / 1.8
+  assert float(balance_loss(sig, jnp.array([[0, 2]]))) == pytest.approx(
+      3 * (0.5 * p[0] + 0.5 * p[2]))
+  assert float(max_violation(jnp.array([0.5, 0.25, 0.25, 0.0]))) == pytest.approx(1.0)
+
+
+def test_sown_aux_losses_match_hand_computation():
+  c = MoEConfig(num_experts=4, top_k=2, expert_dim=8, router="sigmoid", block_size=4)
+  params, x = _init(c)
+  _, stats = MoE(c).apply({"params": params}, x, mutable=[STATS])
+  _, chosen, _ = reference_moe(params, x, c)
+  logits = np.asarray(x, np.float64).reshape(-1, 6) @ np.asarray(params["router"], np.float64)
+  s = 1 / (1 + np.exp(-logits))
+  s = s / s.sum(-1, keepdims=True)
+
+  def by_hand(s, chosen):
+    f = np.bincount(chosen.reshape(-1), minlength=4) * 4 / chosen.size
+    return np.sum(f * s.mean(0))
+
+  assert float(stats[STATS]["aux_loss"][0]) == pytest.approx(by_hand(s, chosen), rel=1e-5)
+  B, T = x.shape[:2]
+  seq = np.mean([by_hand(s.reshape(B, T, 4)[b], chosen.reshape(B, T, 2)[b]) for b in range(B)])
+  assert float(stats[STATS]["seq_aux_loss"][0]) == pytest.approx(seq, rel=1e-5)
+
+
+def test_router_gradient_flows_through_gates():
+  c = CASES[0]
+  params, x = _init(c)
+  g = jax.grad(_loss)(params, x, c)
+  assert float(jnp.abs(g["router"]).max()) > 0
+  # Every expert that received tokens gets a gradient; one that received none gets zero.
+  forced = dict(params, balance_bias=jnp.array([0.0, 0.0, 10.0, 10.0]))
+  g = jax.grad(_loss)(forced, x, c)
+  assert float(jnp.abs(g["wo"][:2]).max()) == 0.0 and float(jnp.abs(g["wo"][2:]).min()) >= 0
+  assert float(jnp.abs(g["wo"][2:]).max()) > 0
