@@ -1,0 +1,85 @@
+"""Loading a trained decoder (any causal task: causal_lm, sft, distill, dpo, a GRPO run) as a
+policy, teacher or frozen reference, and the per-token log-probabilities they are scored by.
+
+A post-training run that is not a supervised Task (GRPO) writes `policy.json` (the
+model's ExperimentConfig) next to its own config.json; its checkpoints hold the same
+TrainState layout as a supervised run's, so it can be loaded the same way.
+"""
+
+import dataclasses
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lm import config as config_lib
+from lm import workdir as workdir_lib
+from lm.data.tokenizers import load_tokenizer
+from lm.errors import UserError
+from lm.models.registry import build_model
+from lm.post_training.losses import token_logprobs
+
+POLICY_CONFIG = "policy.json"
+DECODER_TASKS = ("causal_lm", "sft", "distill", "dpo")
+
+
+@dataclasses.dataclass
+class Policy:
+  config: config_lib.ExperimentConfig
+  model: object
+  params: object
+  tokenizer: object
+  step: int
+
+
+def model_config_path(workdir: str) -> str:
+  for name in (POLICY_CONFIG, workdir_lib.CONFIG):
+    path = os.path.join(workdir, name)
+    if os.path.exists(path):
+      return path
+  raise UserError(f"{workdir} is not a trained workdir: {workdir_lib.CONFIG} is missing")
+
+
+def init_boxed(model, max_len: int, seed: int):
+  return model.init(jax.random.key(seed), jnp.zeros((1, max_len), jnp.int32))["params"]
+
+
+def load_policy(workdir: str) -> Policy:
+  """Config, model, tokenizer and the latest checkpoint's params (on one device)."""
+  from lm.config import ShardingConfig
+  from lm.train.checkpoint import Checkpointer
+  from lm.train.layout import Layout
+  from lm.train.trainer import abstract_train_state
+
+  config = config_lib.load_json(model_config_path(workdir))
+  if config.family != "gpt" or config.task not in DECODER_TASKS:
+    raise UserError(f"{workdir} holds a {config.family}/{config.task} run; post-training needs "
+                    f"a gpt decoder trained with one of {DECODER_TASKS}")
+  model = build_model(config.family, config.model)
+  checkpointer = Checkpointer(workdir, create=False)
+  step = checkpointer.latest_step()
+  if step is None:
+    raise UserError(f"no checkpoint in {workdir}/checkpoints: train it first")
+  init = lambda m, seed: init_boxed(m, config.model.max_len, seed)  # noqa: E731
+  one_device = Layout.from_config(ShardingConfig(data=1), jax.devices()[:1])
+  state, _ = checkpointer.restore(abstract_train_state(config, model, init, layout=one_device),
+                                  step)
+  checkpointer.close()
+  tokenizer = load_tokenizer(os.path.join(workdir, workdir_lib.TOKENIZER))
+  return Policy(config, model, jax.device_get(state.params), tokenizer, step)
+
+
+def boxed_like(model, max_len: int, params, seed: int = 0):
+  """`params` boxed with the logical axis names `model.init` gives (for a Task's
+  init_params, whose result the trainer shards)."""
+  boxed = init_boxed(model, max_len, seed)
+  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
+  return jax.tree.map(lambda box, value: box.replace_boxed(jnp.asarray(value))
+                      if is_box(box) else jnp.asarray(value), boxed, params, is_leaf=is_box)
+
+
+def sequence_token_logprobs(model, params, tokens_BN):
+  """log p(tokens[:, t+1] | tokens[:, :t+1]) for t = 0..N-2: (B, N-1)."""
+  logits_BTV, _ = model.apply({"params": params}, tokens_BN[:, :-1])
+  return token_logprobs(logits_BTV, tokens_BN[:, 1:])
