@@ -174,3 +174,35 @@ def test_reset_zeroes_the_carry_at_each_pass():
 def test_bad_configs(kwargs, message):
   with pytest.raises(ValueError, match=message):
     RecurrentConfig(**kwargs)
+
+
+@pytest.mark.slow
+def test_resume_restores_the_carried_state(tmp_path):
+  """Training 30 steps straight == training, losing the last two checkpoints, resuming from
+  step 10: the carried state is part of the checkpoint (a zero state would differ)."""
+  import importlib.util
+  import os
+  import shutil
+
+  from lm import config as config_lib
+  from lm.train.trainer import train
+
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  spec = importlib.util.spec_from_file_location(
+      "rnn_shakespeare", os.path.join(repo, "configs", "rnn_shakespeare.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  values = module.get_config("smoke").to_dict()
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text(open(os.path.join(repo, "data", "tinyshakespeare.txt")).read()[:20000])
+  values["data"].update(path=str(corpus), batch_size=8, seq_len=16)  # 8 fake devices
+  values["train"].update(num_steps=30, checkpoint_every=10, eval_every=30, log_every=10)
+  values["sample"]["max_new_tokens"] = 5
+  config = config_lib.from_dict(values)
+  straight = train(config, str(tmp_path / "a"))
+  train(config, str(tmp_path / "b"))
+  for step in ("20", "30"):
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / step)
+  resumed = train(config, str(tmp_path / "b"))
+  assert resumed["val_loss"] == straight["val_loss"]
+  assert resumed["train_loss"] == straight["train_loss"]
