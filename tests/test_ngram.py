@@ -376,3 +376,30 @@ def test_speed_targets_6gram_char():
   _, m = fit_and_score(NGramConfig(order=6), corpus)
   assert m["build_time_s"] <= 5.0 and m["score_time_s"] <= 2.0
   assert 1.45 < m["val_loss"] < 1.6
+
+
+def test_sweep_rows_table_and_plot(tmp_path):
+  from experiments import ngram_sweep
+  from lm.config import DataConfig
+  corpus = tmp_path / "c.txt"
+  corpus.write_text(read_text(SHAKESPEARE)[:50000])
+  config = ngram_sweep.parse_config({"data": {"path": str(corpus)}, "orders": "1,2,3,4",
+                                     "tokenizers": "char,word", "smoothings": "kneser_ney,add_k",
+                                     "k": 0.5})
+  assert config.orders == (1, 2, 3, 4) and isinstance(config.data, DataConfig)
+  rows = ngram_sweep.sweep(config, log=lambda *_: None)
+  assert len(rows) == 2 * 2 * 4
+  for tokenizer in ("char", "word"):
+    sub = [r for r in rows if r["tokenizer"] == tokenizer and r["smoothing"] == "add_k"]
+    unseen = [r["unseen_val_ngrams"] for r in sub]
+    assert unseen == sorted(unseen)  # a longer n-gram is unseen whenever its suffix is
+    sizes = [r["ngrams"] for r in sub]
+    assert sizes == sorted(sizes)
+  table = ngram_sweep.markdown(rows)
+  assert table.count("**(best)**") == 4
+  ngram_sweep.plot(rows, str(tmp_path / "s.png"))
+  assert (tmp_path / "s.png").stat().st_size > 10000
+  with pytest.raises(UserError, match="orders"):
+    ngram_sweep.parse_config({"data": {"path": str(corpus)}, "orders": "0,2"})
+  with pytest.raises(UserError, match="smoothings"):
+    ngram_sweep.parse_config({"data": {"path": str(corpus)}, "smoothings": "good_turing"})
