@@ -33,6 +33,11 @@ def model_flops_per_token(family: str, model_config, seq_len: int, num_params: i
   return train_matmul_flops_per_token(model_config, seq_len)
 
 
+def peak_dtype(matmul_dtype: str) -> str:
+  """The dtype whose peak bounds a run: simulated FP8 multiplies in f32."""
+  return "bfloat16" if matmul_dtype == "bfloat16" else "float32"
+
+
 def _device_key(dtype: str) -> str:
   d = jax.devices()[0]
   return f"{d.platform}:{getattr(d, 'device_kind', '?')}:{jax.device_count()}:{dtype}"

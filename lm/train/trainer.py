@@ -173,7 +173,7 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
   num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
   flops_per_token = mfu.model_flops_per_token(config.family, config.model, config.data.seq_len,
                                               num_params)
-  peak = mfu.peak_flops(getattr(config.model, "matmul_dtype", "float32"))
+  peak = mfu.peak_flops(mfu.peak_dtype(getattr(config.model, "matmul_dtype", "float32")))
   schedule = learning_rate_schedule(config.optim, config.train.num_steps)
   base_rng = jax.random.key(config.train.seed)
   t = config.train
