@@ -94,7 +94,7 @@ def test_bad_sweep_configs_are_one_line_user_errors(edit, message):
 
 @pytest.fixture(scope="module")
 def smoke_sweep(tmp_path_factory):
-  """One tiny size at two budgets on 20 KB of Shakespeare, swept once."""
+  """One tiny run (the smoke config's first size and budget) on 20 KB of Shakespeare."""
   root = tmp_path_factory.mktemp("sweep")
   corpus = root / "corpus.txt"
   with open(os.path.join(REPO, "data", "tinyshakespeare.txt"), encoding="utf-8") as f:
@@ -102,6 +102,7 @@ def smoke_sweep(tmp_path_factory):
   values = importlib.import_module("configs.scaling_sweep").get_config("smoke").to_dict()
   values["data"].update(path=str(corpus), val_fraction=0.1)
   values["sweep"]["models"] = values["sweep"]["models"][:1]
+  values["sweep"]["tokens"] = values["sweep"]["tokens"][:1]
   sweep = sweep_exp.parse_config(values)
   workdir = str(root / "work")
   rows = sweep_exp.run(sweep, workdir)
@@ -110,8 +111,8 @@ def smoke_sweep(tmp_path_factory):
 
 def test_smoke_sweep_gathers_every_run(smoke_sweep):
   rows, workdir = smoke_sweep["rows"], smoke_sweep["workdir"]
-  assert [r["name"] for r in rows] == ["tok2k_L1_D16", "tok4k_L1_D16"]
-  assert [r["steps"] for r in rows] == [20, 30]  # 2000 / 128 and 4000 / 128 to whole scans
+  assert [r["name"] for r in rows] == ["tok2k_L1_D16"]
+  assert [r["steps"] for r in rows] == [20]  # 2000 tokens / 128 per step, to whole scans of 10
   for row in rows:
     with open(os.path.join(workdir, "runs", row["name"], "summary.json")) as f:
       summary = json.load(f)
@@ -119,10 +120,10 @@ def test_smoke_sweep_gathers_every_run(smoke_sweep):
     assert row["params"] == row["params_formula"]  # the formula matches the param tree
   with open(os.path.join(workdir, "results.jsonl")) as f:
     assert [json.loads(line)["name"] for line in f] == [r["name"] for r in rows]
-  assert "tok4k_L1_D16" in open(os.path.join(workdir, "results.md")).read()
+  assert "tok2k_L1_D16" in open(os.path.join(workdir, "results.md")).read()
   with open(os.path.join(workdir, "curves.json")) as f:
     curves = json.load(f)
-  assert curves["tok4k_L1_D16"]["curve"][-1]["step"] == rows[1]["steps"]
+  assert [p["step"] for p in curves["tok2k_L1_D16"]["curve"]] == [10, 20]
 
 
 def test_rerun_skips_finished_runs(smoke_sweep, capsys):
@@ -131,9 +132,22 @@ def test_rerun_skips_finished_runs(smoke_sweep, capsys):
                for r in smoke_sweep["rows"]]
   before = [os.stat(p).st_mtime_ns for p in summaries]
   rows = sweep_exp.run(smoke_sweep["sweep"], workdir)
-  assert "2 already finished, 0 to train" in capsys.readouterr().out
+  assert "1 already finished, 0 to train" in capsys.readouterr().out
   assert [os.stat(p).st_mtime_ns for p in summaries] == before
   assert rows == smoke_sweep["rows"]
+
+
+def test_plan_saved_before_a_new_default_key_still_matches(smoke_sweep, capsys):
+  """A run planned before the code gained a config key (at its default) is still finished."""
+  row = smoke_sweep["rows"][0]
+  path = os.path.join(smoke_sweep["workdir"], "runs", row["name"], sweep_lib.PLAN_FILE)
+  with open(path) as f:
+    saved = json.load(f)
+  assert saved["optim"].pop("ema_decay") == 0.0  # the default
+  with open(path, "w") as f:
+    json.dump(saved, f)
+  sweep_exp.run(smoke_sweep["sweep"], smoke_sweep["workdir"])
+  assert "1 already finished, 0 to train" in capsys.readouterr().out
 
 
 def test_changed_plan_is_refused(smoke_sweep):

@@ -153,12 +153,20 @@ def check_plan(workdir: str, run: PlannedRun) -> bool:
   """True if the run finished; a UserError if its workdir was planned differently."""
   directory = run_dir(workdir, run)
   saved = _read_json(os.path.join(directory, PLAN_FILE))
-  if saved is not None and saved != json.loads(json.dumps(run.config)):
+  if saved is not None and not _same_plan(saved, run.config):
     raise UserError(f"{directory} was made by a sweep with another config for this run; "
                     f"use a new --workdir or delete that run")
   summary = _read_json(os.path.join(directory, "summary.json"))
   return bool(saved) and summary is not None and \
       summary.get("steps") == run.config["train"]["num_steps"]
+
+
+def _same_plan(saved: dict, planned: dict) -> bool:
+  """Equal as typed configs: a key the code gained since, left at its default, still matches."""
+  try:
+    return config_lib.from_dict(saved) == config_lib.from_dict(planned)
+  except UserError:  # the saved plan names a key this code no longer has
+    return False
 
 
 def write_plan(workdir: str, run: PlannedRun):
