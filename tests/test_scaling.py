@@ -77,6 +77,18 @@ def test_param_count_by_hand():
   assert counting.kaplan_flops_per_token(config, 64) == 6 * (2 * block + 128) + 6 * 2 * 64 * 64
 
 
+def test_kaplan_flops_of_sparse_layouts_by_hand():
+  config = _variant({"num_layers": 4, "attention_pattern": "alternating_local",
+                     "attention_window": 4})
+  n = counting.param_counts(config).non_embedding
+  # layers: dense (16 keys), local (4), dense (16), local (4); d_attn = 32
+  assert counting.kaplan_flops_per_token(config, 16) == 6 * n + 6 * (16 + 4 + 16 + 4) * 32
+  strided = _variant({"num_layers": 2, "attention_pattern": "local_strided",
+                      "attention_window": 4, "attention_stride": 8})
+  n = counting.param_counts(strided).non_embedding
+  assert counting.kaplan_flops_per_token(strided, 16) == 6 * n + 6 * (4 + 2) * 32
+
+
 def _dot_flops(jaxpr) -> int:
   """2 x (output size) x (contracted size) for every dot_general, nested jaxprs included."""
   total = 0

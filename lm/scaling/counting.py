@@ -85,16 +85,29 @@ def attention_dim(config) -> int:
   return s["nq"] * s["H"]
 
 
+def attended_context(config, seq_len: int) -> list[int]:
+  """Keys each query attends to, per layer: T (dense), the window (local), T/stride (strided)."""
+  layout = getattr(config, "attention_pattern", "dense")
+  cycle = {"dense": ("dense",), "local": ("local",), "strided": ("strided",),
+           "alternating_local": ("dense", "local"), "local_strided": ("local", "strided")}
+  if layout not in cycle:
+    raise NotImplementedError(f"no FLOP formula for model.attention_pattern={layout!r}")
+  context = {"dense": seq_len, "local": min(seq_len, getattr(config, "attention_window", seq_len)),
+             "strided": -(-seq_len // getattr(config, "attention_stride", 1))}
+  return [context[cycle[layout][i % len(cycle[layout])]] for i in range(config.num_layers)]
+
+
 def kaplan_flops_per_token(config, seq_len: int) -> float:
   """Training FLOPs per token, Kaplan et al. (2020) Table 1: 6N + 6 L T d_attn.
 
   The forward pass costs 2N (a multiply and an add per weight) plus 2 L T d_attn for
-  the attention scores and weighted sums over the causal context; the backward pass
-  costs twice the forward. Embedding lookups, norms and nonlinearities are ignored.
+  the attention scores and weighted sums over the context; the backward pass costs
+  twice the forward. Embedding lookups, norms and nonlinearities are ignored. Sparse
+  layouts (GPT-3's alternating local bands) attend to fewer keys per layer: T becomes
+  each layer's attended context.
   """
-  s = _shape(config)
   n = param_counts(config).non_embedding
-  return 6.0 * n + 6.0 * s["L"] * seq_len * attention_dim(config)
+  return 6.0 * n + 6.0 * sum(attended_context(config, seq_len)) * attention_dim(config)
 
 
 def forward_matmul_flops(config, seq_len: int) -> int:
@@ -102,7 +115,8 @@ def forward_matmul_flops(config, seq_len: int) -> int:
 
   Counts every dense matmul as computed: the projections and MLP, attention scores
   and weighted sums over the full T x T square (the causal mask is applied after the
-  product, so the masked half is computed too), and the output logits.
+  product, so the masked half is computed too), and the output logits. Block-sparse
+  layouts skip blocks, so for them this is the dense upper bound.
   """
   s = _shape(config)
   weights, _ = _block_matrices(s)
