@@ -65,6 +65,61 @@ def test_param_counts_match_the_param_tree(overrides):
   assert counts.non_embedding == total - embedding
 
 
+def _family_tree(family: str, config):
+  """The real param tree of any family, as its own init builds it (shapes only)."""
+  from lm.models import bert, encdec
+  model = build_model(family, config)
+  if family == "bert":
+    make = lambda: bert.init_params(model, 16, 0)
+  elif family == "encdec":
+    make = lambda: encdec.init_params(model, 0)
+  else:
+    make = lambda: model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+  return nn.meta.unbox(jax.eval_shape(make))
+
+
+FAMILY_EMBEDDINGS = {  # top-level modules (or leaf paths) that are embeddings
+    "bert": ("token_embed", "pos_embed", "segment_embed", "mlm_head/bias"),
+    "encdec": ("embed", "enc_pos", "dec_pos", "enc_rel_bias", "dec_rel_bias"),
+    "recurrent": ("token_embed", "lm_head"),
+}
+FAMILY_VARIANTS = [
+    ("bert", {}), ("bert", {"use_bias": False}), ("bert", {"norm_position": "pre"}),
+    ("encdec", {}), ("encdec", {"use_bias": False}), ("encdec", {"position": "learned"}),
+    ("encdec", {"num_kv_heads": 2, "norm": "rmsnorm", "mlp": "swiglu"}),
+    ("encdec", {"position": "rope", "num_decoder_layers": 2}),
+    ("recurrent", {"cell": "lstm"}), ("recurrent", {"cell": "gru"}),
+    ("recurrent", {"cell": "rnn"}), ("recurrent", {"cell": "lstm", "tie_embeddings": True}),
+    ("recurrent", {"cell": "gru", "tie_embeddings": True}),
+]
+FAMILY_BASE = {
+    "bert": dict(vocab_size=65, num_layers=2, embed_dim=32, num_heads=4, mlp_dim=48, max_len=16),
+    "encdec": dict(vocab_size=65, num_encoder_layers=2, num_decoder_layers=1, embed_dim=32,
+                   num_heads=4, mlp_dim=48, max_len=16, max_target_len=8),
+    "recurrent": dict(vocab_size=65, num_layers=2, embed_dim=16, hidden_dim=24),
+}
+
+
+@pytest.mark.parametrize("family, overrides", FAMILY_VARIANTS,
+                         ids=[f"{f}-{','.join(f'{k}={v}' for k, v in o.items())}"
+                              for f, o in FAMILY_VARIANTS])
+def test_param_counts_of_every_family_match_their_trees(family, overrides):
+  from lm.models.registry import model_config_class
+  values = {**FAMILY_BASE[family], **overrides}
+  if overrides.get("tie_embeddings"):
+    values["hidden_dim"] = values["embed_dim"]
+  config = model_config_class(family)(**values)
+  total = embedding = 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(_family_tree(family, config))[0]:
+    names = [str(p.key) for p in path]
+    size = int(np.prod(leaf.shape))
+    total += size
+    if names[0] in FAMILY_EMBEDDINGS[family] or "/".join(names) in FAMILY_EMBEDDINGS[family]:
+      embedding += size
+  counts = counting.param_counts(config)
+  assert (counts.total, counts.embedding) == (total, embedding)
+
+
 def test_param_count_by_hand():
   # 2 blocks of d=64, F=256, 2 heads: 4 d^2 + 2 d F weights, 3 d + d + F + d biases
   # (q, k, v, out, wi, wo), two LayerNorms of 2d; a final LayerNorm; 65 x 64 + 64 x 64 embeddings.

@@ -1,4 +1,4 @@
-"""Exact parameter counts and FLOPs per token for a decoder-only (GPT family) config.
+"""Exact parameter counts (every family) and FLOPs per token (GPT family) of a config.
 
 Scaling laws are stated in terms of N, the *non-embedding* parameter count (Kaplan
 et al. 2020: token and position embeddings, and an untied unembedding matrix, are
@@ -34,7 +34,7 @@ def _shape(config) -> dict:
   num_kv_heads = getattr(config, "num_kv_heads", None) or num_heads
   head_dim = getattr(config, "head_dim", None) or config.embed_dim // num_heads
   return dict(
-      L=config.num_layers, d=config.embed_dim, nq=num_heads, nkv=num_kv_heads, H=head_dim,
+      L=getattr(config, "num_layers", 0), d=config.embed_dim, nq=num_heads, nkv=num_kv_heads, H=head_dim,
       F=config.mlp_dim, V=config.vocab_size, max_len=config.max_len,
       bias=getattr(config, "use_bias", True), tied=getattr(config, "tie_embeddings", True),
       norm=str(getattr(config, "norm", "layernorm")).lower(),
@@ -62,7 +62,14 @@ def _block_matrices(s: dict) -> tuple[int, int]:
 
 
 def param_counts(config) -> ParamCounts:
-  """Total, embedding and non-embedding parameters of a GPT-family config."""
+  """Total, embedding and non-embedding parameters of a model config of any family."""
+  counter = _COUNTERS.get(type(config).__name__)
+  if counter is None:
+    raise NotImplementedError(f"no parameter formula for {type(config).__name__}")
+  return counter(config)
+
+
+def _gpt_counts(config) -> ParamCounts:
   s = _shape(config)
   if s["position"] not in ("learned", "t5", *NO_PARAM_POSITIONS):
     raise NotImplementedError(f"no parameter formula for model.position={s['position']!r}")
@@ -78,6 +85,61 @@ def param_counts(config) -> ParamCounts:
   if not s["tied"]:
     embedding += s["d"] * s["V"]
   return ParamCounts(embedding + non_embedding, embedding, non_embedding)
+
+
+def _bert_counts(config) -> ParamCounts:
+  """BERT: the GPT blocks, an embedding LayerNorm, the pooler, and the MLM and NSP heads.
+
+  The MLM head's output bias (one per vocabulary entry) belongs to the tied unembedding.
+  """
+  s = _shape(config)
+  d, V = s["d"], s["V"]
+  weights, biases = _block_matrices(s)
+  blocks = s["L"] * (weights + biases + 2 * _norm_params(s))
+  bias = d if s["bias"] else 0
+  heads = (d * d + bias) + (d * 2 + 2) + (d * d + bias) + _norm_params(s)  # pooler, NSP, transform
+  non_embedding = blocks + _norm_params(s) + heads
+  embedding = (V + s["max_len"] + config.type_vocab_size) * d + V
+  return ParamCounts(embedding + non_embedding, embedding, non_embedding)
+
+
+def _encdec_counts(config) -> ParamCounts:
+  """T5/BART: encoder blocks, decoder blocks with cross-attention, a final norm per stack,
+  one token embedding shared by both stacks and the output, positions per stack."""
+  s = _shape(config)
+  d, H, nq, nkv = s["d"], s["H"], s["nq"], s["nkv"]
+  weights, biases = _block_matrices(s)
+  cross = d * nq * H + 2 * d * nkv * H + nq * H * d
+  cross_b = (nq * H + 2 * nkv * H + d) if s["bias"] else 0
+  qk_norm = 2 * H if s["qk_norm"] else 0
+  encoder = config.num_encoder_layers * (weights + biases + 2 * _norm_params(s) + qk_norm)
+  decoder = config.num_decoder_layers * (weights + biases + cross + cross_b +
+                                         3 * _norm_params(s) + 2 * qk_norm)
+  non_embedding = encoder + decoder + 2 * _norm_params(s)
+  embedding = s["V"] * d
+  if s["position"] == "learned":
+    embedding += (config.max_len + config.max_target_len) * d
+  elif s["position"] == "t5":
+    embedding += 2 * s["buckets"] * nq
+  return ParamCounts(embedding + non_embedding, embedding, non_embedding)
+
+
+def _recurrent_counts(config) -> ParamCounts:
+  """RNN/GRU/LSTM stacks: per layer an input kernel and bias and a recurrent kernel for each
+  gate (GRU: a recurrent bias too); an output head unless tied to the embedding."""
+  gates = {"rnn": 1, "gru": 3, "lstm": 4}[config.cell]
+  E, Hd, V = config.embed_dim, config.hidden_dim, config.vocab_size
+  non_embedding = 0
+  for i in range(config.num_layers):
+    width = E if i == 0 else Hd
+    non_embedding += width * gates * Hd + gates * Hd + Hd * gates * Hd
+    non_embedding += Hd if config.cell == "gru" else 0
+  embedding = V * E + (0 if config.tie_embeddings else Hd * V + V)
+  return ParamCounts(embedding + non_embedding, embedding, non_embedding)
+
+
+_COUNTERS = {"GPTConfig": _gpt_counts, "BertConfig": _bert_counts,
+             "EncDecConfig": _encdec_counts, "RecurrentConfig": _recurrent_counts}
 
 
 def attention_dim(config) -> int:
