@@ -104,7 +104,7 @@ def _run_config(sweep: SweepConfig, overrides: dict, steps: int) -> dict:
   train["num_steps"] = steps
   train["eval_every"] = steps  # one evaluation, at the end
   train["checkpoint_every"] = min(train.get("checkpoint_every", steps), steps)
-  train["log_every"] = train["steps_per_call"]
+  train["log_every"] = train.get("steps_per_call", config_lib.TrainConfig.steps_per_call)
   return values
 
 
