@@ -5,6 +5,7 @@ normalised gates, all E experts densely, and combines them with a gate matrix th
 for unselected experts; capacity dropping is re-implemented with explicit loops.
 """
 
+import functools
 import math
 
 import flax.linen as nn
@@ -65,11 +66,26 @@ def reference_moe(params, x_BTD, c: MoEConfig, capacity=None):
   return y.reshape(B, T, D), chosen, gates
 
 
+@functools.cache
+def _jitted_apply(c: MoEConfig, stats: bool):
+  return jax.jit(lambda p, x: MoE(c).apply({"params": p}, x, mutable=[STATS] if stats else False))
+
+
+def _apply(c: MoEConfig, params, x, stats=False):
+  """The layer, jitted once per config (eager dispatch of its many small ops compiles slowly)."""
+  return _jitted_apply(c, stats)(params, x)
+
+
 def _init(c: MoEConfig, shape=(2, 9, 6), seed=0):
-  x = jax.random.normal(jax.random.key(seed), shape)
-  params = nn.meta.unbox(MoE(c).init(jax.random.key(seed + 1), x)["params"])
-  # Larger router weights than the 0.02 init, so selections differ clearly between tokens.
-  params["router"] = params["router"] * 50
+  """Random params of the layer's shapes (NumPy: compiling the layer's init is slow on CPU)."""
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  shapes = nn.meta.unbox(jax.eval_shape(MoE(c).init, jax.random.key(0), x)["params"])
+  params = jax.tree.map(lambda s: jnp.asarray(0.3 * rng.normal(size=s.shape), jnp.float32),
+                        shapes)
+  params["balance_bias"] = jnp.zeros_like(params["balance_bias"])
+  # Larger router weights, so selections differ clearly between tokens.
+  params["router"] = params["router"] * 5
   return params, x
 
 
@@ -84,7 +100,7 @@ CASES = [
 @pytest.mark.parametrize("c", CASES)
 def test_dropless_equals_dense_reference(c):
   params, x = _init(c)
-  y, stats = MoE(c).apply({"params": params}, x, mutable=[STATS])
+  y, stats = _apply(c, params, x, stats=True)
   y_ref, chosen, _ = reference_moe(params, x, c)
   np.testing.assert_allclose(np.asarray(y), y_ref, atol=1e-5, rtol=1e-5)
   counts = np.bincount(chosen.reshape(-1), minlength=c.num_experts)
@@ -97,7 +113,7 @@ def test_capacity_drops_later_tokens_like_the_reference():
   params, x = _init(c)
   N = x.shape[0] * x.shape[1]
   capacity = math.ceil(0.5 * N * 2 / 4)
-  y, stats = MoE(c).apply({"params": params}, x, mutable=[STATS])
+  y, stats = _apply(c, params, x, stats=True)
   y_ref, chosen, _ = reference_moe(params, x, c, capacity=capacity)
   np.testing.assert_allclose(np.asarray(y), y_ref, atol=1e-5, rtol=1e-5)
   counts = np.bincount(chosen.reshape(-1), minlength=4)
@@ -110,22 +126,25 @@ def _loss(params, x, c):
   return jnp.sum(MoE(c).apply({"params": params}, x) ** 2)
 
 
+_grad = jax.jit(jax.grad(_loss), static_argnums=2)
+
+
 def test_balance_bias_changes_selection_not_gates_or_gradients():
   c = CASES[0]
   params, x = _init(c)
-  grads = jax.grad(_loss)(params, x, c)
+  grads = _grad(params, x, c)
   assert np.all(np.asarray(grads["balance_bias"]) == 0.0)  # never in the gradient
   # A bias equal for all experts cannot change any top-k: outputs and gradients identical.
   shifted = dict(params, balance_bias=params["balance_bias"] + 0.3)
-  y0, y1 = (MoE(c).apply({"params": p}, x) for p in (params, shifted))
+  y0, y1 = (_apply(c, p, x) for p in (params, shifted))
   np.testing.assert_array_equal(np.asarray(y0), np.asarray(y1))
-  g1 = jax.grad(_loss)(shifted, x, c)
+  g1 = _grad(shifted, x, c)
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                {k: v for k, v in grads.items() if k != "balance_bias"},
                {k: v for k, v in g1.items() if k != "balance_bias"})
   # A large bias on experts 2 and 3 forces them to be chosen by every token ...
   forced = dict(params, balance_bias=jnp.array([0.0, 0.0, 10.0, 10.0]))
-  y2 = MoE(c).apply({"params": forced}, x)
+  y2 = _apply(c, forced, x)
   y_ref, chosen, gates = reference_moe(forced, x, c)
   assert set(np.unique(chosen)) == {2, 3}
   np.testing.assert_allclose(np.asarray(y2), y_ref, atol=1e-5, rtol=1e-5)
@@ -156,7 +175,7 @@ def test_balance_loss_by_hand():
 def test_sown_aux_losses_match_hand_computation():
   c = MoEConfig(num_experts=4, top_k=2, expert_dim=8, router="sigmoid", block_size=4)
   params, x = _init(c)
-  _, stats = MoE(c).apply({"params": params}, x, mutable=[STATS])
+  _, stats = _apply(c, params, x, stats=True)
   _, chosen, _ = reference_moe(params, x, c)
   logits = np.asarray(x, np.float64).reshape(-1, 6) @ np.asarray(params["router"], np.float64)
   s = 1 / (1 + np.exp(-logits))
@@ -175,10 +194,10 @@ def test_sown_aux_losses_match_hand_computation():
 def test_router_gradient_flows_through_gates():
   c = CASES[0]
   params, x = _init(c)
-  g = jax.grad(_loss)(params, x, c)
+  g = _grad(params, x, c)
   assert float(jnp.abs(g["router"]).max()) > 0
   # Every expert that received tokens gets a gradient; one that received none gets zero.
   forced = dict(params, balance_bias=jnp.array([0.0, 0.0, 10.0, 10.0]))
-  g = jax.grad(_loss)(forced, x, c)
+  g = _grad(forced, x, c)
   assert float(jnp.abs(g["wo"][:2]).max()) == 0.0 and float(jnp.abs(g["wo"][2:]).min()) >= 0
   assert float(jnp.abs(g["wo"][2:]).max()) > 0

@@ -5,12 +5,15 @@ with dropout. Legend: B batch, T length, S encoder length, D model dim.
 """
 
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax
 
 from lm.layers.attention import Attention, BiasFn, KVCache
+from lm.layers.mla import MLA
 from lm.layers.mlp import MLP
+from lm.layers.moe import MoE
 from lm.layers.norms import make_norm
 
 
@@ -33,6 +36,8 @@ class BlockConfig:
   window: int = 128
   stride: int = 128
   num_layers_for_init: int = 1  # residual projections start at 0.02 / sqrt(2 L)
+  moe: Any = None  # an lm.layers.moe.MoEConfig: a mixture of experts replaces the MLP
+  mla: Any = None  # an lm.layers.mla.MLAConfig: latent attention replaces self-attention
 
 
 class PreLNBlock(nn.Module):
@@ -41,6 +46,8 @@ class PreLNBlock(nn.Module):
 
   def _attention(self, pattern: str, name: str) -> Attention:
     c = self.config
+    if c.mla is not None and pattern != "cross":
+      return MLA(c.mla, name=name)
     return Attention(c.num_heads, c.head_dim, c.num_kv_heads, c.num_layers_for_init,
                      c.dropout, c.use_bias, c.matmul_dtype, c.qk_norm, c.logit_softcap,
                      c.rope_base if pattern != "cross" else 0.0,
@@ -61,8 +68,9 @@ class PreLNBlock(nn.Module):
           make_norm(c.norm, "ln_cross", c.use_bias)(x_BTD), cross_mask_B1TS,
           q_pos_BT=positions_BT, kv_BSD=encoded_BSD, deterministic=deterministic)
       x_BTD = x_BTD + residual_dropout(h_BTD)
-    h_BTD = MLP(c.mlp_dim, c.num_layers_for_init, c.use_bias, c.matmul_dtype, c.mlp,
-                name="mlp")(make_norm(c.norm, "ln_mlp", c.use_bias)(x_BTD))
+    mlp = (MoE(c.moe, name="moe") if c.moe is not None else
+           MLP(c.mlp_dim, c.num_layers_for_init, c.use_bias, c.matmul_dtype, c.mlp, name="mlp"))
+    h_BTD = mlp(make_norm(c.norm, "ln_mlp", c.use_bias)(x_BTD))
     x_BTD = x_BTD + residual_dropout(h_BTD)
     return nn.with_logical_constraint(x_BTD, ("batch", "length", "act_embed")), cache
 

@@ -114,8 +114,9 @@ def group_by_expert(experts_A, num_experts: int, block_size: int, capacity: int 
   pstarts_E = jnp.cumsum(padded_E) - padded_E
   keep_A = rank_A < sizes_E[experts_A]
   dest_A = jnp.where(keep_A, pstarts_E[experts_A] + rank_A, J * Q)
-  block_starts_J = jnp.arange(J) * Q
-  block_expert_J = jnp.searchsorted(jnp.cumsum(padded_E), block_starts_J, side="right")
+  # Block j belongs to the expert whose padded range contains row j * Q: the number of
+  # experts whose range ends at or before it (blocks past the last range are unused).
+  block_expert_J = (jnp.cumsum(padded_E)[None, :] <= jnp.arange(J)[:, None] * Q).sum(-1)
   return dest_A, jnp.minimum(block_expert_J, E - 1), J * Q
 
 
@@ -178,6 +179,5 @@ class MoE(nn.Module):
     self.sow(STATS, "aux_loss", balance_loss(affinity_NE, experts_NK))
     self.sow(STATS, "seq_aux_loss", jax.vmap(balance_loss)(
         affinity_NE.reshape(B, T, E), experts_NK.reshape(B, T, K)).mean())
-    kept = (dest_A < R).sum()
-    self.sow(STATS, "dropped", 1.0 - kept / (N * K))
+    self.sow(STATS, "dropped", (dest_A == R).sum() / (N * K))
     return y_BTD

@@ -11,13 +11,16 @@ import dataclasses
 import functools
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from lm.layers import masks as masks_lib
 from lm.layers.attention import KVCache
 from lm.layers.block import REMAT_POLICIES, BlockConfig, block_class
 from lm.layers.embed import TokenEmbedding
+from lm.layers.mla import MLACache, MLAConfig
 from lm.layers.mlp import ACTIVATIONS
+from lm.layers.moe import ROUTERS, MoEConfig
 from lm.layers.norms import NORMS, make_norm
 from lm.layers.positions import (
   POSITIONS,
@@ -56,6 +59,21 @@ class GPTConfig:
   attention_window: int = 32  # local layers: each token sees itself and window - 1 before
   attention_stride: int = 8  # strided layers: keys at distances 0, s, 2s, ...
   remat: str = "none"  # none | full | dots: recompute activations in the backward pass
+  # --- DeepSeek-style layers (docs/deepseek.md) ---
+  attention: str = "mha"  # mha (GQA/MQA via num_kv_heads) | mla (latent KV, lm/layers/mla.py)
+  mla_kv_rank: int = 32  # mla: latent dim d_c of the joint key/value compression (cached)
+  mla_q_rank: int = 0  # mla: query compression rank d_c' (0 = none)
+  mla_rope_dim: int = 16  # mla: dim of the decoupled RoPE key shared by all heads (cached)
+  moe_num_experts: int = 8  # mlp=moe (lm/layers/moe.py): routed experts
+  moe_top_k: int = 2  # experts per token
+  moe_expert_dim: int = 0  # hidden width of each expert; 0 = mlp_dim
+  moe_num_shared: int = 0  # always-on shared experts of the same width
+  moe_activation: str = "swiglu"  # the experts' MLP, and the dense layers' when moe_every > 1
+  moe_router: str = "softmax"  # softmax | sigmoid affinities
+  moe_normalize_gates: bool = True  # gates normalised over the chosen experts
+  moe_capacity_factor: float = 0.0  # 0 = dropless; else drop beyond cf * tokens * k / experts
+  moe_every: int = 1  # layers k-1, 2k-1, ... are MoE, the others dense MLPs
+  moe_block_size: int = 32  # rows per expert block in the grouped expert matmul
 
   def __post_init__(self):
     if self.vocab_size < 0:
@@ -71,7 +89,8 @@ class GPTConfig:
                        f"{self.matmul_dtype!r}")
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
-    choices = {"position": POSITIONS, "norm": NORMS, "mlp": tuple(ACTIVATIONS),
+    choices = {"position": POSITIONS, "norm": NORMS, "mlp": tuple(ACTIVATIONS) + ("moe",),
+               "attention": ("mha", "mla"), "moe_router": ROUTERS,
                "attention_pattern": tuple(LAYOUTS), "remat": tuple(REMAT_POLICIES)}
     for name, known in choices.items():
       if getattr(self, name) not in known:
@@ -88,20 +107,49 @@ class GPTConfig:
       raise ValueError("model.attention_window, attention_stride, relative_buckets, "
                        "relative_max_distance and rope_base must be positive, "
                        "logit_softcap >= 0")
+    if self.mlp == "moe":
+      if self.moe_every <= 0 or self.moe_activation not in ACTIVATIONS:
+        raise ValueError(f"model.moe_every must be positive and model.moe_activation one of "
+                         f"{tuple(ACTIVATIONS)}")
+      self.moe_config()  # checks the MoE fields
+    if self.attention == "mla":
+      if self.attention_pattern != "dense":
+        raise ValueError("model.attention=mla supports attention_pattern=dense only")
+      self.mla_config()
+
+  def moe_config(self) -> MoEConfig:
+    return MoEConfig(
+        num_experts=self.moe_num_experts, top_k=self.moe_top_k,
+        expert_dim=self.moe_expert_dim or self.mlp_dim, num_shared=self.moe_num_shared,
+        activation=self.moe_activation, router=self.moe_router,
+        normalize_gates=self.moe_normalize_gates, capacity_factor=self.moe_capacity_factor,
+        block_size=self.moe_block_size, matmul_dtype=self.matmul_dtype,
+        num_layers_for_init=self.num_layers)
+
+  def mla_config(self) -> MLAConfig:
+    return MLAConfig(
+        num_heads=self.num_heads, head_dim=self.head_dim, kv_rank=self.mla_kv_rank,
+        q_rank=self.mla_q_rank, rope_dim=self.mla_rope_dim, rope_base=self.rope_base,
+        dropout=self.dropout, matmul_dtype=self.matmul_dtype,
+        num_layers_for_init=self.num_layers)
 
   @property
   def head_dim(self) -> int:
     return self.embed_dim // self.num_heads
 
-  def block_config(self, pattern: str) -> BlockConfig:
+  def block_config(self, pattern: str, layer: int = 0) -> BlockConfig:
+    is_moe = self.mlp == "moe" and layer % self.moe_every == self.moe_every - 1
     return BlockConfig(
         num_heads=self.num_heads, head_dim=self.head_dim, mlp_dim=self.mlp_dim,
-        num_kv_heads=self.num_kv_heads, mlp=self.mlp, norm=self.norm, dropout=self.dropout,
+        num_kv_heads=self.num_kv_heads,
+        mlp=self.moe_activation if self.mlp == "moe" else self.mlp, norm=self.norm,
+        dropout=self.dropout,
         use_bias=self.use_bias, matmul_dtype=self.matmul_dtype, qk_norm=self.qk_norm,
         logit_softcap=self.logit_softcap,
         rope_base=self.rope_base if self.position == "rope" else 0.0, pattern=pattern,
         window=self.attention_window, stride=self.attention_stride,
-        num_layers_for_init=self.num_layers)
+        num_layers_for_init=self.num_layers, moe=self.moe_config() if is_moe else None,
+        mla=self.mla_config() if self.attention == "mla" else None)
 
 
 class GPT(nn.Module):
@@ -109,6 +157,9 @@ class GPT(nn.Module):
 
   def init_cache(self, batch: int, length: int | None = None) -> list[KVCache]:
     c = self.config
+    if c.attention == "mla":  # only the latent and the shared RoPE key (lm/layers/mla.py)
+      return [MLACache.zeros(batch, length or c.max_len, c.mla_kv_rank, c.mla_rope_dim)
+              for _ in range(c.num_layers)]
     return [KVCache.zeros(batch, length or c.max_len, c.num_kv_heads or c.num_heads, c.head_dim)
             for _ in range(c.num_layers)]
 
@@ -126,7 +177,7 @@ class GPT(nn.Module):
     if positions_BT is None:
       positions_BT = jnp.broadcast_to(cache_index + jnp.arange(T)[None, :], (B, T))
     if caches is not None:
-      key_len = caches[0].k_BSKH.shape[1]
+      key_len = jax.tree.leaves(caches[0])[0].shape[1]  # KVCache or MLACache: B S ...
       key_positions_BS = jnp.broadcast_to(jnp.arange(key_len)[None, :], (B, key_len))
     else:
       key_positions_BS = positions_BT
@@ -155,12 +206,15 @@ class GPT(nn.Module):
     new_caches = []
     block = block_class(c.remat)
     for i, pattern in enumerate(layer_patterns(c.attention_pattern, c.num_layers)):
-      x_BTD, cache = block(c.block_config(pattern), name=f"block_{i}")(
+      x_BTD, cache = block(c.block_config(pattern, i), name=f"block_{i}")(
           x_BTD, mask_B1TS, bias_fn, positions_BT=positions_BT,
           cache=None if caches is None else caches[i], cache_index=cache_index,
           deterministic=deterministic)
       new_caches.append(cache)
 
+    # Multi-token prediction (lm/tasks/mtp_lm.py) reads the last hidden state; a no-op
+    # unless the caller makes "intermediates" mutable.
+    self.sow("intermediates", "final_hidden_BTD", x_BTD)
     x_BTD = make_norm(c.norm, "ln_final", c.use_bias)(x_BTD)
     if c.tie_embeddings:
       logits_BTV = embed.attend(x_BTD)
