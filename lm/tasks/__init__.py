@@ -14,6 +14,9 @@ _TASKS = {
     "causal_lm": ("lm.tasks.causal_lm", "CausalLMConfig"),
     "mlm_nsp": ("lm.tasks.mlm_nsp", "MLMNSPConfig"),  # BERT: masked LM + next sentence
     "tbptt_lm": ("lm.tasks.tbptt_lm", "TBPTTConfig"),  # recurrent models, carried state
+    # GPT + multi-token prediction and MoE balancing (DeepSeek-V3); moe_lm = depth 0
+    "mtp_lm": ("lm.tasks.mtp_lm", "MTPConfig"),
+    "moe_lm": ("lm.tasks.mtp_lm", "MoELMConfig"),
     # encoder-decoder ("encdec" family): T5 span corruption, BART denoising, supervised pairs
     "span_corruption": ("lm.tasks.span_corruption", "SpanCorruptionConfig"),
     "denoising": ("lm.tasks.denoising", "DenoisingConfig"),
