@@ -66,6 +66,8 @@ def test_eta_fits_overhead_plus_cost():
   assert sweep_lib.eta_seconds([(1, 3), (3, 7)], [5]) == pytest.approx(11)
   assert sweep_lib.eta_seconds([(1, 3), (3, 7)], [5, 0]) == pytest.approx(12)
   assert sweep_lib.eta_seconds([(2, 4)], [3]) == pytest.approx(6)  # one size: proportional
+  # Nearly equal FLOPs (a shape sweep) leave the slope undetermined: proportional too.
+  assert sweep_lib.eta_seconds([(100, 10), (101, 30)], [100]) == pytest.approx(100 * 40 / 201)
   assert sweep_lib.eta_seconds([], []) == 0
   assert sweep_lib.format_duration(3725) == "1h02m" and sweep_lib.format_duration(65) == "1m05s"
 

@@ -180,15 +180,16 @@ def eta_seconds(done: list[tuple[float, float]], remaining_flops: list[float]) -
   """Seconds left, from (flops, seconds) of the runs timed so far: t = a + b * flops.
 
   Per-run overhead (startup, compilation, evaluation) dominates small runs and compute
-  dominates big ones, so a line through the timed runs predicts both; with fewer than
-  two distinct sizes timed it falls back to time proportional to FLOPs.
+  dominates big ones, so a line through the timed runs predicts both; while the timed
+  runs' FLOPs span less than a factor 2 the slope is not determined, and time is taken
+  proportional to FLOPs.
   """
   if not remaining_flops:
     return 0.0
   if not done:
     return float("nan")
   flops, seconds = zip(*done)
-  if len(set(flops)) >= 2:
+  if max(flops) >= 2 * min(flops):
     mean_f, mean_s = sum(flops) / len(flops), sum(seconds) / len(seconds)
     var = sum((f - mean_f) ** 2 for f in flops)
     b = max(0.0, sum((f - mean_f) * (s - mean_s) for f, s in zip(flops, seconds)) / var)
