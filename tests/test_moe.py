@@ -108,6 +108,15 @@ def test_dropless_equals_dense_reference(c):
   assert float(stats[STATS]["dropped"][0]) == 0.0
 
 
+@pytest.mark.parametrize("c", CASES[:2])
+def test_few_tokens_path_equals_dense_reference(c):
+  """N * K <= E (one decoded token) takes the one-row-per-block path."""
+  params, _ = _init(c)
+  x = jnp.asarray(np.random.default_rng(5).normal(size=(1, 1, 6)), jnp.float32)
+  y_ref, _, _ = reference_moe(params, x, c)
+  np.testing.assert_allclose(np.asarray(_apply(c, params, x)), y_ref, atol=1e-5, rtol=1e-5)
+
+
 def test_capacity_drops_later_tokens_like_the_reference():
   c = MoEConfig(num_experts=4, top_k=2, expert_dim=8, capacity_factor=0.5, block_size=4)
   params, x = _init(c)

@@ -17,7 +17,8 @@ experts' matmuls are one batched einsum over J <= A/Q + E blocks: no token is dr
 and no expert runs on tokens it was not chosen for (the dense all-experts computation
 lives only in the tests, as the reference). `capacity_factor > 0` keeps at most
 ceil(cf * A / E) assignments per expert, first come first served (GShard/Switch), and
-drops the rest (their contribution is zero; the residual carries the token).
+drops the rest (their contribution is zero; the residual carries the token). With no more
+assignments than experts (decoding a token), each assignment is its own one-row block.
 
 Statistics are sown into the `moe_stats` collection (a no-op unless the caller makes
 it mutable): `load` (E,) fraction of assignments per expert, `aux_loss` (Switch/GShard,
@@ -146,8 +147,17 @@ class MoE(nn.Module):
       capacity = max(1, int(-(-c.capacity_factor * N * K // E)))
     experts_A = experts_NK.reshape(-1)
     tokens_A = jnp.repeat(jnp.arange(N), K)
-    dest_A, block_expert_J, R = group_by_expert(experts_A, E, Q, capacity)
-    J = R // Q
+    if N * K <= E:
+      # Few assignments (decoding one token): one row per block, in token order, each
+      # block with its own expert's weights; no padding to E blocks.
+      Q, J, R = 1, N * K, N * K
+      same_AA = experts_A[:, None] == experts_A[None, :]
+      rank_A = jnp.sum(jnp.tril(same_AA, -1), axis=1)  # earlier assignments to my expert
+      keep_A = rank_A < capacity if capacity is not None else jnp.ones((R,), bool)
+      dest_A, block_expert_J = jnp.where(keep_A, jnp.arange(R), R), experts_A
+    else:
+      dest_A, block_expert_J, R = group_by_expert(experts_A, E, Q, capacity)
+      J = R // Q
     x_RD = jnp.zeros((R, D), x_ND.dtype).at[dest_A].set(x_ND[tokens_A], mode="drop")
     x_JQD = x_RD.reshape(J, Q, D)
 
