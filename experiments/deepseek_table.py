@@ -11,7 +11,7 @@ summary.json. Rows:
   dense_mtp                                   dense + one MTP module (lambda 0.3)
   gqa, mla                                    dense with 2 KV heads / with MLA (d_c 32, R 16)
 Decode tokens/s: `lm.sampling.generate` (jitted KV-cache loop, batch 1, 256 new tokens
-after warm-up) with the trained params. Writes WORKDIR/results.json and
+after warm-up, best of 3) with the trained params. Writes WORKDIR/results.json and
 WORKDIR/table.md (the markdown pasted into docs/deepseek.md).
 """
 
@@ -74,9 +74,12 @@ def decode_tokens_per_sec(config, params, new_tokens: int = 256) -> float:
   model = build_model(config.family, config.model)
   prompt = [1, 2, 3]
   generate(model, params, prompt, max_new_tokens=new_tokens, temperature=0.0)  # compile
-  start = time.perf_counter()
-  generate(model, params, prompt, max_new_tokens=new_tokens, temperature=0.0)
-  return new_tokens / (time.perf_counter() - start)
+  best = float("inf")
+  for _ in range(3):  # best of 3: the CPU is shared
+    start = time.perf_counter()
+    generate(model, params, prompt, max_new_tokens=new_tokens, temperature=0.0)
+    best = min(best, time.perf_counter() - start)
+  return new_tokens / best
 
 
 def run_row(name: str, workdir: str, steps: int, bias_rate: float) -> dict:
