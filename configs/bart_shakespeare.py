@@ -2,9 +2,10 @@
 
 Run:
   python -m experiments.run --config=configs/bart_shakespeare.py --workdir=/tmp/bart
-Expected (docs/encoder_decoder.md has the measured run): val_loss falls from log(vocab)
-~4.2 to ~1.0 (most of the window is copied; the loss is over every target token);
-summary.json also has greedy_exact_match / greedy_token_accuracy of the regenerated windows.
+Expected (measured, docs/encoder_decoder.md): val_loss falls from ln(vocab) = 4.2 to
+1.99 after 800 steps, val_accuracy 0.41 (the decoder has learned the language far more
+than copying from the encoder at this budget); summary.json also has greedy_exact_match
+(0.0) / greedy_token_accuracy (0.10) of the regenerated windows.
 
 Each example is a 64-character window starting at a line start; its lines are shuffled
 and 30% of its characters are masked in Poisson(3)-length spans, each span one <mask>

@@ -2,9 +2,10 @@
 
 Run:
   python -m experiments.run --config=configs/seq2seq_shakespeare.py --workdir=/tmp/s2s
-Expected (docs/encoder_decoder.md has the measured run): teacher-forced val_accuracy
-> 0.95; summary.json has greedy_exact_match and greedy_token_accuracy of greedily
-decoded held-out lines (lines of the validation split that never occur in training).
+Expected (measured, docs/encoder_decoder.md): val_loss 4.2 -> 0.78 after 2500 steps,
+teacher-forced val_accuracy 0.75; summary.json has greedy_exact_match (0.004) and
+greedy_token_accuracy (0.18) of greedily decoded held-out lines (lines of the
+validation split that never occur in training). The curve has not flattened yet.
 
 The rule (lm/tasks/seq2seq.py): a word starting with a vowel gets "way"; any other word
 moves its leading consonants to the end and gets "ay"; non-letters stay:

@@ -2,9 +2,9 @@
 
 Run:
   python -m experiments.run --config=configs/t5_shakespeare.py --workdir=/tmp/t5
-Expected (docs/encoder_decoder.md has the measured run): val_loss falls from log(vocab)
-~4.3 to ~1.7 and teacher-forced val_accuracy ~0.5 on the masked spans; summary.json
-also has greedy_exact_match / greedy_token_accuracy of the regenerated spans.
+Expected (measured, docs/encoder_decoder.md): val_loss falls from ln(vocab) = 4.3 to
+2.38 after 800 steps, teacher-forced val_accuracy 0.34 on the target tokens; summary.json
+also has greedy_exact_match (0.0) / greedy_token_accuracy (0.16) of the regenerated spans.
 
 Each example is a random window of `data.seq_len` = 128 characters; T5's
 random_spans_noise_mask hides 15% of them (19) in spans of mean length 3 (6 spans);
