@@ -210,3 +210,41 @@ def test_router_gradient_flows_through_gates():
   g = _grad(forced, x, c)
   assert float(jnp.abs(g["wo"][:2]).max()) == 0.0 and float(jnp.abs(g["wo"][2:]).min()) >= 0
   assert float(jnp.abs(g["wo"][2:]).max()) > 0
+
+
+def test_balancing_step_moves_the_bias_by_gamma_and_the_optimizer_leaves_it():
+  from lm.config import OptimConfig
+  from lm.models.gpt import GPT, GPTConfig
+  from lm.objectives_mtp import mtp_lm_loss
+  from lm.tasks.mtp_lm import make_balancing_multi_step
+  from lm.train.optimizer import make_optimizer
+  from lm.train.state import create_train_state
+
+  cfg = GPTConfig(vocab_size=11, num_layers=1, num_heads=2, embed_dim=16, mlp_dim=16, max_len=8,
+                  mlp="moe", moe_num_experts=4, moe_top_k=2, moe_router="sigmoid")
+  model = GPT(cfg)
+  tokens = jnp.asarray(np.random.default_rng(3).integers(0, 11, (4, 9)), jnp.int32)
+  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+  params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), batch["inputs"])["params"])
+  params["block_0"]["moe"]["router"] = params["block_0"]["moe"]["router"] * 100  # imbalance
+  tx = make_optimizer(OptimConfig(lr=1e-2, warmup_steps=0), 10)
+  loss_fn = mtp_lm_loss(model, depth=0)
+  batches = jax.tree.map(lambda a: a[None], batch)  # one step
+  gamma = 0.25
+  state = create_train_state(jax.tree.map(jnp.copy, params), tx)
+  new, metrics = make_balancing_multi_step(gamma)(loss_fn, tx)(state, batches, jax.random.key(0))
+  router = params["block_0"]["moe"]["router"]
+  assert not np.allclose(new.params["block_0"]["moe"]["router"], router)  # AdamW did step
+  # The step's loads (one MoE layer: its loads are the reported load_e).
+  load = np.array([float(metrics[f"load_{e}"][0]) for e in range(4)])
+  counts = load * batch["inputs"].size * 2
+  np.testing.assert_allclose(counts, np.round(counts), atol=1e-4)  # loads are count shares
+  # Over-loaded experts go down by gamma, under-loaded ones up, exactly-average ones stay;
+  # the bias is exactly that (starting from 0): the optimizer added nothing to it.
+  expected = gamma * np.sign(load.mean() - load)
+  assert np.any(expected > 0) and np.any(expected < 0)
+  np.testing.assert_array_equal(np.asarray(new.params["block_0"]["moe"]["balance_bias"]),
+                                expected.astype(np.float32))
+  violation = load.max() / load.mean() - 1
+  assert float(metrics["max_violation"][0]) == pytest.approx(violation, rel=1e-5)
+  assert float(metrics["max_violation_worst"][0]) == pytest.approx(violation, rel=1e-5)
