@@ -91,3 +91,25 @@ def test_main_head_is_the_plain_gpt_and_loss_by_hand(setup):
     assert float(metrics[f"mtp_loss_{k}"]) == pytest.approx(depth_ce[k - 1], rel=1e-5)
     assert float(metrics[f"mtp_tokens_{k}"]) == 2 * (T - k)
   assert float(loss) == pytest.approx(main_ce + lam / DEPTH * sum(depth_ce), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_deepseek_mini_smoke_trains_and_samples(tmp_path):
+  """MoE + MTP + MLA from the command line: balance, MTP and main-head metrics reported."""
+  import json
+  import os
+  import subprocess
+  import sys
+  from pathlib import Path
+
+  root = Path(__file__).resolve().parent.parent
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", PYTHONPATH=str(root))
+  cmd = [sys.executable, "-m", "experiments.run", "--config=configs/deepseek_mini.py:smoke",
+         f"--workdir={tmp_path / 'w'}", "--config.train.num_steps=10",
+         "--config.train.eval_every=10", "--config.sample.max_new_tokens=8"]
+  result = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  summary = json.loads((tmp_path / "w" / "summary.json").read_text())
+  assert 2.0 < summary["val_loss"] < 4.2 and summary["sample"].startswith("ROMEO:")
+  for key in ("val_mtp_loss_1", "val_max_violation", "val_aux_loss", "val_load_0"):
+    assert np.isfinite(summary[key]), key
