@@ -48,7 +48,7 @@ from lm.train.state import TrainState, create_train_state
 
 @dataclasses.dataclass(frozen=True)
 class GRPOConfig:
-  init_from: str  # a trained SFT workdir (the starting policy and the frozen reference)
+  init_from: str = ""  # a trained SFT workdir (the starting policy and the frozen reference)
   kind: str = "grpo"
   num_steps: int = 100
   prompts_per_step: int = 16  # P
@@ -71,8 +71,6 @@ class GRPOConfig:
   seed: int = 0
 
   def __post_init__(self):
-    if not self.init_from:
-      raise UserError("grpo needs init_from: a trained SFT workdir (configs/sft_addition.py)")
     if self.token_averaging not in losses.TOKEN_AVERAGING:
       raise UserError(f"token_averaging={self.token_averaging!r}; choose one of "
                       f"{losses.TOKEN_AVERAGING}")
@@ -159,6 +157,9 @@ def _policy_config(base: config_lib.ExperimentConfig, c: GRPOConfig):
 
 def train(c: GRPOConfig, workdir: str) -> dict:
   start = time.time()
+  if not c.init_from:
+    raise UserError("grpo needs init_from: a trained SFT workdir (configs/sft_addition.py), "
+                    "e.g. --config.init_from=/tmp/sft_add")
   os.makedirs(workdir, exist_ok=True)
   sft = load_policy(c.init_from)
   if sft.config.task != "sft":
