@@ -57,6 +57,13 @@ def test_parse_config_rejects_unknown_keys():
   assert grpo.parse_config({"init_from": "/x", "beta": 0}).beta == 0.0
 
 
+def test_missing_or_wrong_warm_start_is_a_user_error(tmp_path):
+  with pytest.raises(UserError, match="needs init_from"):
+    grpo.train(grpo.parse_config({}), str(tmp_path / "a"))
+  with pytest.raises(UserError, match="not a trained workdir"):
+    grpo.train(grpo.parse_config({"init_from": str(tmp_path / "nothing")}), str(tmp_path / "b"))
+
+
 def _tiny():
   tok = addition.make_tokenizer()
   model = GPT(GPTConfig(vocab_size=tok.vocab_size, num_layers=1, num_heads=2, embed_dim=16,
