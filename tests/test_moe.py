@@ -248,3 +248,58 @@ def test_balancing_step_moves_the_bias_by_gamma_and_the_optimizer_leaves_it():
   violation = load.max() / load.mean() - 1
   assert float(metrics["max_violation"][0]) == pytest.approx(violation, rel=1e-5)
   assert float(metrics["max_violation_worst"][0]) == pytest.approx(violation, rel=1e-5)
+
+
+def _moe_layout_and_state(sharding_config, devices=None):
+  from lm.config import OptimConfig
+  from lm.models.gpt import GPT, GPTConfig
+  from lm.tasks.causal_lm import init_params
+  from lm.train.layout import Layout
+  from lm.train.optimizer import make_optimizer
+  from lm.train.state import create_train_state
+
+  cfg = GPTConfig(vocab_size=11, num_layers=1, num_heads=2, embed_dim=16, mlp_dim=16, max_len=8,
+                  mlp="moe", moe_num_experts=4, moe_top_k=2, moe_num_shared=1)
+  model = GPT(cfg)
+  tx = make_optimizer(OptimConfig(lr=1e-2, warmup_steps=1), 10)
+  layout = Layout.from_config(sharding_config, devices)
+  make_state = lambda: create_train_state(init_params(model, 8, 0), tx)
+  _, shardings = layout.state_shardings(make_state)
+  return model, tx, layout, shardings, make_state
+
+
+def test_expert_weights_shard_over_the_expert_axis():
+  from jax.sharding import PartitionSpec
+
+  from lm.config import ShardingConfig
+  *_, shardings, _ = _moe_layout_and_state(ShardingConfig(data=2, fsdp=2, expert=2,
+                                                          rules="fsdp_ep"))
+  moe = shardings.params["block_0"]["moe"]
+  assert moe["wi_gate"].spec == PartitionSpec("expert", "fsdp", None)
+  assert moe["wo"].spec == PartitionSpec("expert", None, "fsdp")
+  assert moe["router"].spec == PartitionSpec("fsdp", None)
+  assert moe["balance_bias"].spec == PartitionSpec(None)
+
+
+@pytest.mark.slow
+def test_fsdp_ep_training_matches_one_device():
+  from lm.config import ShardingConfig
+  from lm.objectives_mtp import mtp_lm_loss
+  from lm.tasks.mtp_lm import make_balancing_multi_step
+
+  rng = np.random.default_rng(0)
+  x = np.repeat(rng.integers(0, 11, (1, 8, 9)).astype(np.int32), 3, axis=0)
+  batches = {"inputs": x[:, :, :-1], "targets": x[:, :, 1:]}
+  out = []
+  for cfg, devices in ((ShardingConfig(data=1), jax.devices()[:1]),
+                       (ShardingConfig(data=2, fsdp=2, expert=2, rules="fsdp_ep"), None)):
+    model, tx, layout, shardings, make_state = _moe_layout_and_state(cfg, devices)
+    state = layout.init_state(make_state, shardings)
+    step = make_balancing_multi_step(0.01)(mtp_lm_loss(model, 0, aux_weight=0.01), tx)
+    with layout.context():
+      state, metrics = step(state, layout.put_batch(batches, leading_dims=1), jax.random.key(0))
+    out.append((np.asarray(metrics["loss"]), np.asarray(state.params["block_0"]["moe"][
+        "balance_bias"])))
+  np.testing.assert_allclose(out[1][0], out[0][0], rtol=1e-5)
+  np.testing.assert_allclose(out[1][1], out[0][1], atol=1e-7)
+  assert out[0][0][-1] < out[0][0][0]
