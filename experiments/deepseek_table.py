@@ -44,13 +44,15 @@ ROWS = {
 }
 
 
-def row_config(name: str, steps: int, bias_rate: float) -> config_lib.ExperimentConfig:
+def row_config(name: str, steps: int, bias_rate: float,
+               seed: int = 0) -> config_lib.ExperimentConfig:
   arg, model, task = ROWS[name]
   c = moe_shakespeare.get_config(",".join(filter(None, [f"bias_rate={bias_rate}", arg])))
   c.model.update(model)
   c.task_config.update(task)
   if task.get("depth"):
     c.task = "mtp_lm"
+  c.train.seed = c.data.seed = seed  # init, dropout and the order of training windows
   c.train.num_steps = steps
   c.train.eval_every = steps
   c.train.checkpoint_every = steps
@@ -82,8 +84,8 @@ def decode_tokens_per_sec(config, params, new_tokens: int = 256) -> float:
   return new_tokens / best
 
 
-def run_row(name: str, workdir: str, steps: int, bias_rate: float) -> dict:
-  config = row_config(name, steps, bias_rate)
+def run_row(name: str, workdir: str, steps: int, bias_rate: float, seed: int = 0) -> dict:
+  config = row_config(name, steps, bias_rate, seed)
   row_dir = os.path.join(workdir, name)
   summary = train(config, row_dir)
   config, task = build_task(config, row_dir)  # the trained params, as the task shapes them
@@ -152,12 +154,13 @@ def main():
   parser.add_argument("--steps", type=int, default=400)
   parser.add_argument("--bias_rate", type=float, default=0.001)
   parser.add_argument("--rows", default=",".join(ROWS))
+  parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
   os.makedirs(args.workdir, exist_ok=True)
   path = os.path.join(args.workdir, "results.json")
   results = json.load(open(path)) if os.path.exists(path) else {}
   for name in args.rows.split(","):
-    results[name] = run_row(name, args.workdir, args.steps, args.bias_rate)
+    results[name] = run_row(name, args.workdir, args.steps, args.bias_rate, args.seed)
     with open(path, "w") as f:
       json.dump(results, f, indent=2)
     print(json.dumps(results[name]))
