@@ -14,12 +14,13 @@ reuses the quantised operands, as the paper's FP8 Wgrad/Dgrad do.
 Legend: M rows, K contracted dim, N output dim, t tile width.
 """
 
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from lm.layers.precision import dense_dot_general
 
 E4M3 = jnp.float8_e4m3fn
 E4M3_MAX = float(jnp.finfo(E4M3).max)  # 448
@@ -77,18 +78,5 @@ def _bwd(res, g_MN):
 fp8_matmul.defvjp(_fwd, _bwd)
 
 
-def fp8_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
-                    **kwargs):
-  """Drop-in `dot_general` for Flax Dense/DenseGeneral (trailing x leading contractions)."""
-  (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
-  n = len(lhs_contract)
-  canonical = (not lhs_batch and not rhs_batch
-               and tuple(lhs_contract) == tuple(range(lhs.ndim - n, lhs.ndim))
-               and tuple(rhs_contract) == tuple(range(n)))
-  if not canonical:
-    return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                           preferred_element_type=preferred_element_type, **kwargs)
-  batch_shape, out_shape = lhs.shape[:lhs.ndim - n], rhs.shape[n:]
-  k = functools.reduce(lambda a, b: a * b, rhs.shape[:n], 1)
-  y = fp8_matmul(lhs.reshape(-1, k), rhs.reshape(k, -1))
-  return y.reshape(*batch_shape, *out_shape)
+# Drop-in `dot_general` for Flax Dense/DenseGeneral layers.
+fp8_dot_general = dense_dot_general(fp8_matmul)

@@ -48,25 +48,31 @@ def _matmul_bwd(res, g_MN):
 _matmul_bf16.defvjp(_matmul_fwd, _matmul_bwd)
 
 
-def bf16_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
-                     **kwargs):
-  """Drop-in `dot_general` for Flax Dense/DenseGeneral layers (no batch dimensions).
+def dense_dot_general(matmul_MK_KN):
+  """A drop-in `dot_general` for Flax Dense/DenseGeneral built from a 2-D matmul.
 
   Handles lhs-trailing x rhs-leading contractions (what Dense layers emit) by
-  flattening to one 2-D matmul; anything else falls back to an f32 dot_general.
+  flattening to one (M, K) x (K, N) product; anything else falls back to lax.dot_general.
   """
-  (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
-  n = len(lhs_contract)
-  canonical = (not lhs_batch and not rhs_batch
-               and tuple(lhs_contract) == tuple(range(lhs.ndim - n, lhs.ndim))
-               and tuple(rhs_contract) == tuple(range(n)))
-  if not canonical:
-    return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                           preferred_element_type=preferred_element_type, **kwargs)
-  batch_shape, out_shape = lhs.shape[:lhs.ndim - n], rhs.shape[n:]
-  k = functools.reduce(lambda a, b: a * b, rhs.shape[:n], 1)
-  y = _matmul_bf16(lhs.reshape(-1, k), rhs.reshape(k, -1))
-  return y.reshape(*batch_shape, *out_shape)
+  def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
+                  **kwargs):
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+    n = len(lhs_contract)
+    canonical = (not lhs_batch and not rhs_batch
+                 and tuple(lhs_contract) == tuple(range(lhs.ndim - n, lhs.ndim))
+                 and tuple(rhs_contract) == tuple(range(n)))
+    if not canonical:
+      return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                             preferred_element_type=preferred_element_type, **kwargs)
+    batch_shape, out_shape = lhs.shape[:lhs.ndim - n], rhs.shape[n:]
+    k = functools.reduce(lambda a, b: a * b, rhs.shape[:n], 1)
+    y = matmul_MK_KN(lhs.reshape(-1, k), rhs.reshape(k, -1))
+    return y.reshape(*batch_shape, *out_shape)
+
+  return dot_general
+
+
+bf16_dot_general = dense_dot_general(_matmul_bf16)
 
 
 MATMUL_DTYPES = ("float32", "bfloat16", "fp8")
