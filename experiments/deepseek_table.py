@@ -84,6 +84,43 @@ def decode_tokens_per_sec(config, params, new_tokens: int = 256) -> float:
   return new_tokens / best
 
 
+def train_throughputs(names, steps: int, bias_rate: float, rounds: int = 3,
+                      steps_per_call: int = 10) -> dict:
+  """Train tokens/s per row, timed in one process, rows interleaved, best of `rounds`.
+
+  The trainer's tokens/s depends on whatever else the shared CPU runs at the time; this
+  compares the rows under the same conditions (fresh params, the rows' own train step).
+  """
+  from flax import linen as nn
+
+  from lm.data.pipeline import next_chunk
+  from lm.train.optimizer import make_optimizer
+  from lm.train.state import create_train_state
+  from lm.train.step import make_multi_step
+
+  calls = {}
+  for name in names:
+    config = row_config(name, steps, bias_rate)
+    config, task = build_task(config, os.path.join("/tmp", f"deepseek_bench_{os.getpid()}"))
+    model = build_model(config.family, config.model)
+    tx = make_optimizer(config.optim, steps)
+    state = create_train_state(nn.meta.unbox(task.init_params(model, 0)), tx)
+    loss_fn = task.make_loss(model)
+    step = (task.make_multi_step or make_multi_step)(loss_fn, tx)
+    batches = jax.tree.map(jax.numpy.asarray, next_chunk(task.train_iter, steps_per_call))
+    state, metrics = step(state, batches, jax.random.key(0))  # compile
+    jax.block_until_ready(metrics)
+    calls[name] = [step, state, batches, float("inf"), task.tokens_per_step]
+  for _ in range(rounds):
+    for name, call in calls.items():
+      step, state, batches, best, _ = call
+      start = time.perf_counter()
+      state, metrics = step(state, batches, jax.random.key(0))
+      jax.block_until_ready(metrics)
+      call[1], call[3] = state, min(best, time.perf_counter() - start)
+  return {name: steps_per_call * c[4] / c[3] for name, c in calls.items()}
+
+
 def run_row(name: str, workdir: str, steps: int, bias_rate: float, seed: int = 0) -> dict:
   config = row_config(name, steps, bias_rate, seed)
   row_dir = os.path.join(workdir, name)
@@ -116,12 +153,13 @@ def table(results: dict, steps: int, bias: float) -> str:
   r = results
   lines = [f"Short runs: {steps} steps x 12 x 64 tokens each, char-level tiny Shakespeare, "
            "4 layers x 128 dims; val loss on the whole val split (main head).", ""]
-  lines += ["| model | val loss | train tokens/s | active params | total params |",
+  lines += ["| model | val loss | train tokens/s (side by side) | active params | total params |",
             "| --- | --- | --- | --- | --- |"]
   for name in ("dense", "moe_aux_free"):
     if name in r:
       x = r[name]
-      lines.append(f"| {name} | {_f(x['val_loss'])} | {x['tokens_per_sec']:,.0f} | "
+      tps = x.get("bench_tokens_per_sec", x["tokens_per_sec"])
+      lines.append(f"| {name} | {_f(x['val_loss'])} | {tps:,.0f} | "
                    f"{x['active_params']:,} | {x['total_params']:,} |")
   lines += ["", "| balancing | val loss | final max-violation (mean / worst layer) | "
                 "balance loss |", "| --- | --- | --- | --- |"]
@@ -155,15 +193,22 @@ def main():
   parser.add_argument("--bias_rate", type=float, default=0.001)
   parser.add_argument("--rows", default=",".join(ROWS))
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--bench", action=argparse.BooleanOptionalAction, default=True,
+                      help="also time every row's train step side by side (tokens/s column)")
   args = parser.parse_args()
   os.makedirs(args.workdir, exist_ok=True)
   path = os.path.join(args.workdir, "results.json")
   results = json.load(open(path)) if os.path.exists(path) else {}
-  for name in args.rows.split(","):
+  for name in filter(None, args.rows.split(",")):
     results[name] = run_row(name, args.workdir, args.steps, args.bias_rate, args.seed)
     with open(path, "w") as f:
       json.dump(results, f, indent=2)
     print(json.dumps(results[name]))
+  if args.bench:
+    for name, tps in train_throughputs(sorted(results), args.steps, args.bias_rate).items():
+      results[name]["bench_tokens_per_sec"] = tps
+    with open(path, "w") as f:
+      json.dump(results, f, indent=2)
   text = table(results, args.steps, args.bias_rate)
   with open(os.path.join(args.workdir, "table.md"), "w") as f:
     f.write(text)
