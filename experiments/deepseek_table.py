@@ -176,13 +176,16 @@ def table(results: dict, steps: int, bias: float) -> str:
     if name in r:
       lines.append(f"| {label} | {_f(r[name]['val_loss'])} | {_f(r[name]['val_mtp_loss_1'])} |")
   lines += ["", "| attention | val loss | KV cache bytes/token (f32, 4 layers) | "
-                "decode tokens/s | params |", "| --- | --- | --- | --- | --- |"]
+                "decode tokens/s | train tokens/s | params |",
+            "| --- | --- | --- | --- | --- | --- |"]
   for name, label in (("dense", "MHA (4 heads)"), ("gqa", "GQA (2 KV heads)"),
                       ("mla", "MLA (d_c 32 + RoPE 16)")):
     if name in r:
       x = r[name]
       lines.append(f"| {label} | {_f(x['val_loss'])} | {x['kv_bytes_per_token']:,} | "
-                   f"{x['decode_tokens_per_sec']:,.0f} | {x['total_params']:,} |")
+                   f"{x['decode_tokens_per_sec']:,.0f} | "
+                   f"{x.get('bench_tokens_per_sec', x['tokens_per_sec']):,.0f} | "
+                   f"{x['total_params']:,} |")
   return "\n".join(lines) + "\n"
 
 
