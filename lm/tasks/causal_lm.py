@@ -55,7 +55,9 @@ def init_params(model, seq_len: int, seed: int):
   return model.init(jax.random.key(seed), dummy)["params"]
 
 
-def build(config, workdir: str):
+def prepare(config, workdir: str):
+  """What every next-token task shares: data, tokenizer, the filled-in config, the
+  summary sample and the workdir files (tokenizer, first-token prior)."""
   tokenizer, train_ids, val_ids = prepare_data(config, workdir)
   config = with_vocab(config, tokenizer.vocab_size)
   d = config.data
@@ -73,6 +75,12 @@ def build(config, workdir: str):
     workdir_lib.save_token_prior(run_dir, workdir_lib.unigram_logprobs(train_ids,
                                                                         tokenizer.vocab_size))
 
+  return config, tokenizer, train_ids, val_ids, sample, save_files
+
+
+def build(config, workdir: str):
+  config, tokenizer, train_ids, val_ids, sample, save_files = prepare(config, workdir)
+  d = config.data
   task = Task(
       tokenizer=tokenizer,
       train_iter=train_iterator(train_ids, d.seq_len, d.batch_size, d.seed),

@@ -8,13 +8,10 @@ state (`CarryTrainState`), so checkpoints and resumes keep it.
 """
 
 import dataclasses
-import os
 
-from lm import workdir as workdir_lib
 from lm.data.pipeline import consecutive_train_iterator, eval_batches
 from lm.errors import UserError
 from lm.models.rnn import create_carry_state, make_tbptt_multi_step, tbptt_loss
-from lm.sampling import generate
 from lm.tasks import causal_lm
 from lm.train.task import Task
 
@@ -38,23 +35,9 @@ def state_factory(config):
 
 def build(config, workdir: str):
   create_state = state_factory(config)
-  tokenizer, train_ids, val_ids = causal_lm.prepare_data(config, workdir)
-  config = causal_lm.with_vocab(config, tokenizer.vocab_size)
+  config, tokenizer, train_ids, val_ids, sample, save_files = causal_lm.prepare(config,
+                                                                               workdir)
   d = config.data
-  if d.seq_len > config.model.max_len:
-    raise UserError(f"data.seq_len={d.seq_len} exceeds model.max_len={config.model.max_len}")
-  s = config.sample
-
-  def sample(model, params) -> str:
-    ids = generate(model, params, tokenizer.encode(s.prompt), max_new_tokens=s.max_new_tokens,
-                   temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=s.seed)
-    return s.prompt + tokenizer.decode(ids[0])
-
-  def save_files(run_dir: str):
-    tokenizer.save(os.path.join(run_dir, workdir_lib.TOKENIZER))
-    workdir_lib.save_token_prior(run_dir, workdir_lib.unigram_logprobs(train_ids,
-                                                                        tokenizer.vocab_size))
-
   task = Task(
       tokenizer=tokenizer,
       train_iter=consecutive_train_iterator(train_ids, d.seq_len, d.batch_size),
