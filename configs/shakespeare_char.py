@@ -85,6 +85,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.1
   c.optim.grad_clip = 1.0
   c.optim.ema_decay = 0.0  # > 0 also evaluates an EMA of the params (val_loss_ema)
+  c.optim.nonfinite = "stop"  # stop | skip (skip NaN/inf updates and count them)
+  c.optim.max_nonfinite = 10
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 2000

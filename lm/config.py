@@ -53,12 +53,18 @@ class OptimConfig:
   weight_decay: float = 0.1  # applied to matrices only, not to biases and norms
   grad_clip: float = 1.0  # global-norm clipping; 0 disables
   ema_decay: float = 0.0  # > 0: also keep an EMA of the params, evaluated as `val_loss_ema`
+  nonfinite: str = "stop"  # stop | skip: on a NaN/inf step, stop, or skip the update and count
+  max_nonfinite: int = 10  # skip: stop after this many non-finite steps in a row
 
   def __post_init__(self):
     if self.lr <= 0 or self.min_lr < 0:
       raise UserError(f"optim.lr must be > 0 and optim.min_lr >= 0, got {self.lr}, {self.min_lr}")
     if not 0.0 <= self.ema_decay < 1.0:
       raise UserError(f"optim.ema_decay must be in [0, 1), got {self.ema_decay}")
+    if self.nonfinite not in ("stop", "skip"):
+      raise UserError(f"optim.nonfinite must be 'stop' or 'skip', got {self.nonfinite!r}")
+    if self.max_nonfinite < 1:
+      raise UserError(f"optim.max_nonfinite must be >= 1, got {self.max_nonfinite}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,4 +29,9 @@ def make_optimizer(config: OptimConfig, num_steps: int) -> optax.GradientTransfo
                            mask=decay_mask))
   if config.ema_decay > 0:
     parts.append(param_ema(config.ema_decay))
-  return optax.chain(*parts)
+  tx = optax.chain(*parts)
+  if config.nonfinite == "skip":
+    # Non-finite gradients leave params and optimizer state as they were (the loop
+    # counts these steps and stops after max_nonfinite in a row).
+    tx = optax.apply_if_finite(tx, max_consecutive_errors=config.max_nonfinite)
+  return tx

@@ -24,14 +24,11 @@ from lm.train.checkpoint import Checkpointer
 from lm.train.ema import find_ema
 from lm.train.layout import Layout
 from lm.train.metrics import MetricsWriter, write_json
+from lm.train.monitor import LossMonitor, TrainingDiverged  # noqa: F401 (re-exported)
 from lm.train.optimizer import learning_rate_schedule, make_optimizer
 from lm.train.state import create_train_state
 from lm.train.step import make_eval_step, make_multi_step
 from lm.train.task import Task
-
-
-class TrainingDiverged(UserError):
-  """The loss became NaN or infinite; the last good checkpoint is left untouched."""
 
 
 def _standard_state(model, params, tx):
@@ -98,15 +95,6 @@ class _Throughput:
   @property
   def tokens_per_sec(self) -> float:
     return self.steps * self.tokens_per_step / self.seconds if self.seconds else float("nan")
-
-
-def _check_finite(losses: np.ndarray, step: int, last_good_step: int | None):
-  if np.all(np.isfinite(losses)):
-    return
-  first_bad = int(np.argmin(np.isfinite(losses)))
-  last_good = "none" if last_good_step is None else f"step {last_good_step}"
-  raise TrainingDiverged(f"loss became {losses[first_bad]} at step {step + first_bad + 1}; "
-                         f"stopped without saving (last good checkpoint: {last_good})")
 
 
 def _restore_or_init(config, model, tx, checkpointer, task: Task, layout: Layout):
@@ -186,6 +174,7 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
   train_loss = previous.get("train_loss", float("nan"))
   best_val = previous.get("best_val_loss", float("nan"))
   last_eval, window_losses = {}, []
+  monitor = LossMonitor(config.optim.nonfinite == "skip", config.optim.max_nonfinite)
   progress = tqdm(total=t.num_steps, initial=step, desc="train", unit="step",
                   dynamic_ncols=True, mininterval=0.5,
                   disable=not sys.stderr.isatty())  # keep logs and CI output clean
@@ -198,9 +187,12 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
         state, metrics = multi_step(state, batches, base_rng)
       losses = np.asarray(metrics["loss"])  # also waits for the device
       meter.add(num, time.perf_counter() - call_start)
-      _check_finite(losses, step, last_good_step)
+      spikes_before = len(monitor.spikes)
+      monitor.update(losses, step, last_good_step)
+      for spike in monitor.spikes[spikes_before:]:
+        progress.write(f"warning: loss spike at step {spike}")
       step += num
-      window_losses.extend(losses.tolist())
+      window_losses.extend(losses[np.isfinite(losses)].tolist())
       progress.update(num)
       progress.set_postfix(loss=f"{losses.mean():.4f}", tok_s=f"{meter.tokens_per_sec:,.0f}",
                            refresh=False)
@@ -208,14 +200,14 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
       done = step == t.num_steps
       record = {}
       if step % t.log_every == 0 or done:
-        train_loss = float(np.mean(window_losses))
+        train_loss = float(np.mean(window_losses)) if window_losses else float("nan")
         window_losses = []
         record = {"train_loss": train_loss, "lr": float(schedule(step - 1)),
                   "grad_norm": float(np.asarray(metrics["grad_norm"])[-1]),
                   "tokens_per_sec": meter.tokens_per_sec,
                   "model_flops_per_sec": meter.tokens_per_sec * flops_per_token,
                   "mfu": meter.tokens_per_sec * flops_per_token / peak,
-                  "tokens_seen": step * meter.tokens_per_step}
+                  "tokens_seen": step * meter.tokens_per_step, **monitor.counts()}
       if step % t.eval_every == 0 or done:
         last_eval = evaluate_all(state)
         best_val = np.nanmin([best_val, last_eval["val_loss"]])
