@@ -163,6 +163,9 @@ def _build(cls, values: dict, where: str):
       value = float(value)
     elif hint is int and isinstance(value, float) and value.is_integer():
       value = int(value)
+    if hint in (int, float, str, bool) and not isinstance(value, hint):
+      raise UserError(f"config {where}.{name} must be {hint.__name__}, got "
+                      f"{type(value).__name__} {value!r}")
     kwargs[name] = value
   try:
     return cls(**kwargs)

@@ -20,6 +20,9 @@ def read_text(path: str) -> str:
                     f"offset {e.start}") from None
   if not text.strip():
     raise UserError(f"corpus {path} is empty")
+  if "\x00" in text:
+    raise UserError(f"corpus {path} looks binary: it contains NUL bytes (offset "
+                    f"{text.index(chr(0))})")
   return text
 
 
