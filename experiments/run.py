@@ -40,6 +40,9 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process runs
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process runs: this one's index.")
 _INIT_TIMEOUT = flags.DEFINE_integer("init_timeout_s", 60,
                                      "Multi-process runs: seconds to wait for all processes.")
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout_s", 30,
+    "Multi-process runs: a process silent this long counts as dead and the others exit.")
 _HF_CHECKPOINT = flags.DEFINE_string(
     "hf_checkpoint", None, "embed: a Hugging Face BERT dir (config.json, model.safetensors, "
     "tokenizer.json); prints the mean-pooled, L2-normalised embedding of --text.")
@@ -105,7 +108,8 @@ def _init_distributed():
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   try:
     jax.distributed.initialize(coordinator, num_processes=num, process_id=pid,
-                               initialization_timeout=_INIT_TIMEOUT.value)
+                               initialization_timeout=_INIT_TIMEOUT.value,
+                               heartbeat_timeout_seconds=_HEARTBEAT.value)
   except Exception as e:  # noqa: BLE001 -- jax raises several types here; all mean "no run"
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise UserError(f"could not join the multi-process run at {coordinator} as process "

@@ -7,12 +7,15 @@ same config and global batch.
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FLAGS = ["--config=configs/shakespeare_char.py:smoke", "--config.train.num_steps=6",
@@ -67,3 +70,31 @@ def test_unreachable_coordinator_is_a_one_line_error(tmp_path):
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
   assert lines[-1].startswith("error: could not join the multi-process run"), result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_survivor_exits_when_the_other_process_dies(tmp_path):
+  """SIGKILL one process mid-run: the other must stop within 60 s, not hang."""
+  port = _free_port()
+  long_run = ["--config.train.num_steps=100000", "--config.train.eval_every=100000",
+              "--config.train.checkpoint_every=100000", "--heartbeat_timeout_s=10"]
+  procs = [subprocess.Popen(_cmd(tmp_path / "w", f"--coordinator=127.0.0.1:{port}",
+                                 "--num_processes=2", f"--process_id={i}", *long_run),
+                            cwd=REPO_ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  try:
+    metrics = tmp_path / "w" / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while not (metrics.exists() and metrics.read_text().strip()):  # both are training
+      assert time.monotonic() < deadline, "the run never started"
+      assert procs[0].poll() is None, procs[0].stderr.read()[-2000:]
+      time.sleep(0.5)
+    procs[1].send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    procs[0].wait(timeout=90)
+    assert time.monotonic() - killed_at < 60
+    assert procs[0].returncode != 0
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
