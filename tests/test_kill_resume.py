@@ -1,5 +1,5 @@
 """The exact-resume harness (experiments/kill_resume.py): its comparison catches a
-one-bit difference, and, reduced to two trials of two kills (slow), killed-and-resumed
+one-bit difference, and, reduced to one kill (CI) or two trials of two kills (slow), killed-and-resumed
 runs end bitwise equal to an uninterrupted run. The full 10-trial run is
 `python -m experiments.kill_resume` (docs/reliability.md)."""
 
@@ -44,3 +44,11 @@ def test_random_kills_resume_bitwise(tmp_path):
     assert result["differences"] == [], result
     assert any(e["killed"] for e in result["kills"]), result
   assert any(e["saving"] for e in results[1]["kills"]), results[1]  # odd trials: inside saves
+
+
+def test_one_random_kill_resumes_bitwise(tmp_path):
+  """The CI-sized harness: one trial, one SIGKILL at a random moment, then resume."""
+  results = kill_resume.run_trials(str(tmp_path / "kr"), trials=1, kills=1, num_steps=12,
+                                   checkpoint_every=4, seed=3)
+  assert results[0]["differences"] == [], results[0]
+  assert any(e["killed"] for e in results[0]["kills"]), results[0]
