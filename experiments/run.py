@@ -131,6 +131,8 @@ def _main(argv):
   workdir = _WORKDIR.value
   if _MODE.value == "train":
     values = _config_values()
+    from lm.workdir import ensure_writable
+    ensure_writable(workdir)
     module = _experiment(values.get("kind", "train_lm"))
     # An experiment kind with its own config shape provides `parse_config(dict)`;
     # the rest use the language-model ExperimentConfig.

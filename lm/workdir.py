@@ -22,6 +22,18 @@ TOKENIZER = "tokenizer.json"
 TOKEN_PRIOR = "token_prior.json"
 
 
+def ensure_writable(workdir: str):
+  """Creates the workdir if needed; a one-line error if it cannot be created or written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write_test")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f"workdir {workdir} is not writable: {e.strerror or e}") from None
+
+
 def unigram_logprobs(ids: np.ndarray, vocab_size: int) -> np.ndarray:
   """Add-one smoothed unigram log-probabilities (every token gets non-zero mass)."""
   counts = np.bincount(ids, minlength=vocab_size).astype(np.float64) + 1.0

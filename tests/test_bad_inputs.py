@@ -6,6 +6,8 @@ checkpoints are untouched); here every entry is checked at the API it enters thr
 """
 
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -18,7 +20,7 @@ from lm.errors import UserError
 from lm.models.registry import model_config_class
 from lm.tasks import task_config_class
 from lm.train.layout import Layout
-from lm.workdir import load_trained
+from lm.workdir import ensure_writable, load_trained
 
 BASE = {"data": {"path": "data/tinyshakespeare.txt"}, "model": {}}
 
@@ -76,6 +78,8 @@ CASES = {
     "sampling a workdir without config": (lambda t: load_trained(str(t)), "config.json"),
     "grad_accum_steps not positive": (
         lambda t: _config(train={"grad_accum_steps": 0}), "grad_accum_steps"),
+    "workdir not writable": (
+        lambda t: ensure_writable(str(Path(_file(t, b"x", "a_file")) / "run")), "not writable"),
     "unknown non-finite policy": (lambda t: _config(optim={"nonfinite": "ignore"}), "nonfinite"),
 }
 

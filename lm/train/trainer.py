@@ -119,7 +119,7 @@ def _save_run_files(workdir, config, task: Task):
 
 def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
   start_time = time.time()
-  os.makedirs(workdir, exist_ok=True)
+  workdir_lib.ensure_writable(workdir)
   layout = Layout.from_config(config.sharding)
   config, task = build_task(config, workdir)
   accum = config.train.grad_accum_steps
