@@ -65,14 +65,14 @@ def param_counts(config) -> ParamCounts:
   """Total, embedding and non-embedding parameters of a model config of any family."""
   counter = _COUNTERS.get(type(config).__name__)
   if counter is None:
-    raise NotImplementedError(f"no parameter formula for {type(config).__name__}")
+    raise ValueError(f"no parameter formula for {type(config).__name__}")
   return counter(config)
 
 
 def _gpt_counts(config) -> ParamCounts:
   s = _shape(config)
   if s["position"] not in ("learned", "t5", *NO_PARAM_POSITIONS):
-    raise NotImplementedError(f"no parameter formula for model.position={s['position']!r}")
+    raise ValueError(f"no parameter formula for model.position={s['position']!r}")
   weights, biases = _block_matrices(s)
   qk_norm = 2 * s["H"] if s["qk_norm"] else 0  # a scale over head_dim for queries and keys
   block = weights + biases + 2 * _norm_params(s) + qk_norm
@@ -153,7 +153,7 @@ def attended_context(config, seq_len: int) -> list[int]:
   cycle = {"dense": ("dense",), "local": ("local",), "strided": ("strided",),
            "alternating_local": ("dense", "local"), "local_strided": ("local", "strided")}
   if layout not in cycle:
-    raise NotImplementedError(f"no FLOP formula for model.attention_pattern={layout!r}")
+    raise ValueError(f"no FLOP formula for model.attention_pattern={layout!r}")
   context = {"dense": seq_len, "local": min(seq_len, getattr(config, "attention_window", seq_len)),
              "strided": -(-seq_len // getattr(config, "attention_stride", 1))}
   return [context[cycle[layout][i % len(cycle[layout])]] for i in range(config.num_layers)]
