@@ -53,3 +53,22 @@ def sharding(rules: str = "dp", data: int = -1, fsdp: int = 1, tensor: int = 1,
   """The `sharding` section (lm/sharding.py): mesh sizes (-1 = the rest) and rule preset."""
   return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor, expert=expert,
                                         rules=rules, overrides=""))
+
+
+def optim(**overrides) -> ml_collections.ConfigDict:
+  """The `optim` section (lm.config.OptimConfig): AdamW, warmup + cosine, clipping.
+
+  Every key is spelled out so `--config.optim.x=...` overrides work; a config passes
+  only what differs from the classic small CPU recipe.
+  """
+  section = ml_collections.ConfigDict(dict(
+      lr=1e-3, min_lr=1e-4, warmup_steps=100, b1=0.9, b2=0.99, eps=1e-8, weight_decay=0.1,
+      grad_clip=1.0,
+      ema_decay=0.0,  # > 0 also evaluates an EMA of the params (val_loss_ema)
+      nonfinite="stop",  # stop | skip (skip NaN/inf updates and count them)
+      max_nonfinite=10))
+  unknown = sorted(set(overrides) - set(section))
+  if unknown:
+    raise ValueError(f"unknown optim keys {unknown}")
+  section.update(overrides)
+  return section

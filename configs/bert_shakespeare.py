@@ -61,16 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.layer_norm_eps = 1e-12
   c.model.mlp = "gelu_exact"
 
-  c.optim = ml_collections.ConfigDict()
-  c.optim.lr = 1e-3
-  c.optim.min_lr = 1e-4
-  c.optim.warmup_steps = 100
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.99
-  c.optim.eps = 1e-8
-  c.optim.weight_decay = 0.01
-  c.optim.grad_clip = 1.0
-  c.optim.ema_decay = 0.0
+  c.optim = base.optim(weight_decay=0.01)
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 3000

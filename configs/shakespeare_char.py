@@ -75,18 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.attention_stride = 8
   c.model.remat = "none"  # none | full | dots: rematerialise block activations
 
-  c.optim = ml_collections.ConfigDict()
-  c.optim.lr = 1e-3
-  c.optim.min_lr = 1e-4
-  c.optim.warmup_steps = 100
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.99
-  c.optim.eps = 1e-8
-  c.optim.weight_decay = 0.1
-  c.optim.grad_clip = 1.0
-  c.optim.ema_decay = 0.0  # > 0 also evaluates an EMA of the params (val_loss_ema)
-  c.optim.nonfinite = "stop"  # stop | skip (skip NaN/inf updates and count them)
-  c.optim.max_nonfinite = 10
+  c.optim = base.optim()
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 2000
