@@ -1,0 +1,1 @@
+"""Evaluations of trained models: probes, memorisation, bias (one module per study)."""
