@@ -8,6 +8,7 @@ from lm.models.encdec import EncDecConfig, EncoderDecoder
 from lm.models.gpt import GPT, GPTConfig
 from lm.models.ngram import NGramConfig, NGramLM
 from lm.models.rnn import RecurrentConfig, RecurrentLM
+from lm.models.ssm import SSMLM, SSMConfig
 
 FAMILIES = {
     "gpt": (GPTConfig, GPT),
@@ -15,6 +16,7 @@ FAMILIES = {
     "encdec": (EncDecConfig, EncoderDecoder),  # T5/BART; tasks span_corruption, denoising, seq2seq
     "ngram": (NGramConfig, NGramLM),  # counts, not a flax module: fitted by experiments/ngram.py
     "recurrent": (RecurrentConfig, RecurrentLM),  # RNN/LSTM/GRU; train with task "tbptt_lm"
+    "ssm": (SSMConfig, SSMLM),  # gated linear recurrence (Hawk / RG-LRU); task "causal_lm"
 }
 
 
