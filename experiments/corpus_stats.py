@@ -2,7 +2,8 @@
 effective size after exact and near-duplicate removal.
 
   python -m experiments.corpus_stats --input=data/tinyshakespeare.txt --format=paragraphs \
-      --ngrams=1,2,3,13 [--tokenizer=WORKDIR/tokenizer.json] [--report=/tmp/stats.json]
+      --ngrams=1,2,3,13 [--tokenizer=WORKDIR/tokenizer.json] [--report=/tmp/stats.json] \
+      [--scrubbed_output=/tmp/scrubbed.txt]
 
 Prints (and optionally writes) a JSON object; see lm/data/stats.py.
 """
@@ -28,6 +29,8 @@ _SHINGLE = flags.DEFINE_integer("shingle", 5, "Dedup shingle length in words.")
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "Also count tokens of this tokenizer "
                                  "(a run's WORKDIR/tokenizer.json).")
 _REPORT = flags.DEFINE_string("report", None, "Also write the JSON here.")
+_SCRUBBED = flags.DEFINE_string("scrubbed_output", None, "Also write the input with PII "
+                                "replaced by [TYPE] placeholders here (lm/data/pii.py).")
 
 
 def _ngram_sizes() -> list[int]:
@@ -51,6 +54,16 @@ def main():
   print(json.dumps(stats, indent=1))
   if _REPORT.value:
     hygiene_cli.write_json(_REPORT.value, stats)
+  if _SCRUBBED.value:
+    from lm.data.corpus import read_text
+    from lm.data.pii import scrub
+    scrubbed, _ = scrub(read_text(_INPUT.value))
+    try:
+      with open(_SCRUBBED.value, "w") as f:
+        f.write(scrubbed)
+    except OSError as e:
+      raise UserError(f"cannot write --scrubbed_output {_SCRUBBED.value}: "
+                      f"{e.strerror or e}") from None
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import numpy as np
 from lm.data.dedup import deduplicate
 from lm.data.ngrams import hash_words, ngram_hashes
 from lm.data.ngrams import unique as ngrams_unique
+from lm.data.pii import pii_counts
 
 
 def corpus_stats(docs: Sequence[str], ngram_sizes: Sequence[int] = (1, 2, 3, 13),
@@ -56,4 +57,6 @@ def corpus_stats(docs: Sequence[str], ngram_sizes: Sequence[int] = (1, 2, 3, 13)
   }
   if tokens_D is not None:
     stats["dedup"]["effective_tokens"] = int(tokens_D[keep_D].sum())
+  # Matches per PII type (lm/data/pii.py), before any scrubbing.
+  stats["pii"] = pii_counts(docs)
   return stats
