@@ -145,6 +145,10 @@ class ExperimentConfig:
   family: str = "gpt"  # which lm/models family `model` configures
   task: str = "causal_lm"  # which lm/tasks objective and data (lm/tasks/__init__.py)
   task_config: Any = None  # the task's config dataclass (section `task_config`)
+  # Adaptation (docs/adaptation.md): start from a trained workdir's parameters, and train
+  # only the parameters whose path matches one of these regexes (empty: all of them).
+  init_from: str = ""
+  trainable: tuple[str, ...] = ()
 
 
 def _build(cls, values: dict, where: str):
@@ -180,7 +184,7 @@ def from_dict(d: dict) -> ExperimentConfig:
   d = dict(d)
   sections = {"data": DataConfig, "optim": OptimConfig, "train": TrainConfig,
               "sample": SampleConfig, "sharding": ShardingConfig}
-  top_level = {"model", "kind", "family", "task", "task_config"}
+  top_level = {"model", "kind", "family", "task", "task_config", "init_from", "trainable"}
   unknown = sorted(set(d) - set(sections) - top_level)
   if unknown:
     raise UserError(f"unknown config key {unknown[0]!r}; known: "
@@ -193,7 +197,21 @@ def from_dict(d: dict) -> ExperimentConfig:
   task = d.get("task", "causal_lm")
   kwargs["task_config"] = _build(task_config_class(task), dict(d.get("task_config") or {}),
                                  "task_config")
-  return ExperimentConfig(kind=d.get("kind", "train_lm"), family=family, task=task, **kwargs)
+  init_from = d.get("init_from", "")
+  if not isinstance(init_from, str):
+    raise UserError(f"config init_from must be a workdir path, got {init_from!r}")
+  return ExperimentConfig(kind=d.get("kind", "train_lm"), family=family, task=task,
+                          init_from=init_from, trainable=_patterns(d.get("trainable", ())),
+                          **kwargs)
+
+
+def _patterns(value) -> tuple[str, ...]:
+  """`trainable` as a tuple of regexes: a list/tuple of strings, or one comma-separated string."""
+  if isinstance(value, str):
+    value = [v for v in value.split(",") if v.strip()]
+  if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+    raise UserError(f"config trainable must be a list of regexes, got {value!r}")
+  return tuple(v.strip() for v in value)
 
 
 def to_dict(config: ExperimentConfig) -> dict:

@@ -172,6 +172,8 @@ def flax_rules(rules: Mapping[str, tuple[str, ...]]) -> list[tuple[str, object]]
 def tree_shardings(logical_tree, abstract_tree, rules, mesh: Mesh):
   """NamedShardings for a pytree given its logical specs (nn.get_partition_spec) and shapes."""
   def one(path, spec, leaf):
+    if not hasattr(leaf, "shape"):  # an empty subtree, e.g. optax's MaskedNode (frozen params)
+      return leaf
     logical = tuple(spec) if spec is not None else ()
     what = jax.tree_util.keystr(path) or "array"
     return NamedSharding(mesh, logical_to_spec(logical, rules, mesh, leaf.shape, what))

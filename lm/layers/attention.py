@@ -25,7 +25,8 @@ import jax.numpy as jnp
 
 from lm.layers import init, sparse_attention
 from lm.layers import masks as masks_lib
-from lm.layers.positions import apply_rope
+from lm.layers.peft import LoRA, prepend_prefix
+from lm.layers.positions import RopeScaling, apply_rope
 from lm.layers.precision import dot_general_for
 
 BiasFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]  # (q_pos_BT, k_pos_BS) -> B N T S
@@ -83,26 +84,40 @@ class Attention(nn.Module):
   pattern: str = "dense"  # dense | local | strided
   window: int = 128  # local: each query sees itself and window - 1 earlier keys
   stride: int = 128  # strided: keys at distances 0, stride, 2 * stride, ...
+  lora_rank: int = 0  # > 0: LoRA updates on `lora_targets` (lm/layers/peft.py)
+  lora_alpha: float = 8.0
+  lora_targets: tuple[str, ...] = ()  # of query, key, value, out
+  rope_scaling: RopeScaling | None = None  # context extension (lm/layers/positions.py)
 
   @property
   def kv_heads(self) -> int:
     return self.num_kv_heads or self.num_heads
 
   def _proj(self, heads: int, names: tuple[str, ...], name: str):
-    return nn.DenseGeneral(
+    dense = nn.DenseGeneral(
         (heads, self.head_dim), use_bias=self.use_bias,
         dot_general=dot_general_for(self.matmul_dtype),
         kernel_init=init.normal(init.DEFAULT_STDDEV, ("embed", *names)),
         bias_init=init.zeros(names), name=name)
+    return self._with_lora(dense, name, (heads, self.head_dim), ("embed",), names)
+
+  def _with_lora(self, dense, name, out_shape, in_names, out_names):
+    if not self.lora_rank or name not in self.lora_targets:
+      return dense
+    lora = LoRA(self.lora_rank, self.lora_alpha, out_shape, in_names, out_names,
+                name=f"lora_{name}")
+    return lambda x: dense(x) + lora(x)
 
   @nn.compact
   def __call__(self, x_BTD, mask_B1TS, *, q_pos_BT, kv_BSD=None, k_pos_BS=None,
                bias_fn: BiasFn | None = None, cache: KVCache | None = None,
-               cache_index=None, deterministic: bool = True):
+               cache_index=None, prefix_kv=None, deterministic: bool = True):
     """x_BTD: queries' inputs; kv_BSD: the sequence to attend to (None = self-attention).
 
     q_pos_BT / k_pos_BS are the positions RoPE, bias_fn and the sparse patterns use;
     k_pos_BS defaults to q_pos_BT (self-attention) or to the cache slots 0..S-1.
+    prefix_kv = (k_PKH, v_PKH): keys/values every query also sees (prefix and prompt
+    tuning), never cached, without positions or biases.
     """
     if self.pattern not in sparse_attention.PATTERNS:
       raise ValueError(f"attention pattern {self.pattern!r}; known: {sparse_attention.PATTERNS}")
@@ -117,8 +132,9 @@ class Attention(nn.Module):
       k_BSKH = nn.RMSNorm(epsilon=1e-6, scale_init=init.ones(("head_dim",)),
                           name="key_norm")(k_BSKH)
     if self.rope_base > 0 and is_self:
-      q_BTNH = apply_rope(q_BTNH, q_pos_BT, self.rope_base)
-      k_BSKH = apply_rope(k_BSKH, q_pos_BT, self.rope_base)  # new keys sit where queries do
+      q_BTNH = apply_rope(q_BTNH, q_pos_BT, self.rope_base, self.rope_scaling)
+      k_BSKH = apply_rope(k_BSKH, q_pos_BT, self.rope_base,  # new keys sit where queries do
+                          self.rope_scaling)
     q_BTNH = nn.with_logical_constraint(q_BTNH, ("batch", "length", "act_heads", "act_head_dim"))
 
     if cache is not None:
@@ -139,7 +155,7 @@ class Attention(nn.Module):
       dropout_fn = nn.Dropout(self.dropout_rate, deterministic=False)
     kw = dict(softcap=self.logit_softcap, dropout_fn=dropout_fn)
     width = {"local": self.window, "strided": self.stride}.get(self.pattern, 0)
-    if width and cache is None and is_self and x_BTD.shape[1] > width:
+    if width and cache is None and is_self and x_BTD.shape[1] > width and prefix_kv is None:
       # Block-sparse: only the (query, key) blocks the pattern can see are computed.
       block_fn = (sparse_attention.local_attention if self.pattern == "local"
                   else sparse_attention.strided_attention)
@@ -150,12 +166,19 @@ class Attention(nn.Module):
       elif self.pattern == "strided":
         mask_B1TS = mask_B1TS & masks_lib.strided_mask(q_pos_BT, k_pos_BS, self.stride)
       bias_BNTS = None if bias_fn is None else bias_fn(q_pos_BT, k_pos_BS)
+      if prefix_kv is not None:
+        k_BSKH, v_BSKH, mask_B1TS = prepend_prefix(k_BSKH, v_BSKH, mask_B1TS, prefix_kv)
+        if bias_BNTS is not None:  # the prefix gets no position bias
+          P = prefix_kv[0].shape[0]
+          bias_BNTS = jnp.pad(bias_BNTS, [(0, 0)] * 3 + [(P, 0)])
       out_BTNH = dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_B1TS, bias_BNTS, **kw)
 
     out_stddev = init.DEFAULT_STDDEV / (2 * self.num_layers_for_init) ** 0.5
-    y_BTD = nn.DenseGeneral(
+    out = nn.DenseGeneral(
         x_BTD.shape[-1], axis=(-2, -1), use_bias=self.use_bias,
         dot_general=dot_general_for(self.matmul_dtype),
         kernel_init=init.normal(out_stddev, ("heads", "head_dim", "embed")),
-        bias_init=init.zeros(("embed",)), name="out")(out_BTNH)
+        bias_init=init.zeros(("embed",)), name="out")
+    y_BTD = self._with_lora(out, "out", (x_BTD.shape[-1],), ("heads", "head_dim"),
+                            ("embed",))(out_BTNH)
     return y_BTD, cache

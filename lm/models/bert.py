@@ -25,13 +25,14 @@ from lm.layers.attention import Attention
 from lm.layers.block import BlockConfig, PreLNBlock
 from lm.layers.embed import TokenEmbedding
 from lm.layers.mlp import ACTIVATIONS, MLP
+from lm.layers.peft import Adapter, PEFTFields, PrefixKV
 from lm.layers.positions import LearnedPositions
 
 NORM_POSITIONS = ("post", "pre")
 
 
 @dataclasses.dataclass(frozen=True)
-class BertConfig:
+class BertConfig(PEFTFields):  # + LoRA / adapter / prefix fields (lm/layers/peft.py)
   vocab_size: int = 0  # 0: taken from the tokenizer when training starts
   num_layers: int = 4
   num_heads: int = 4
@@ -67,6 +68,10 @@ class BertConfig:
       raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
     if self.layer_norm_eps <= 0:
       raise ValueError(f"model.layer_norm_eps must be > 0, got {self.layer_norm_eps}")
+    self.check_peft()
+    if self.prompt_len:
+      raise ValueError("model.prompt_len: soft prompts are for the decoder family (gpt); "
+                       "use prefix_len for the encoder")
 
   @property
   def head_dim(self) -> int:
@@ -75,7 +80,9 @@ class BertConfig:
   def block_config(self) -> BlockConfig:
     return BlockConfig(num_heads=self.num_heads, head_dim=self.head_dim, mlp_dim=self.mlp_dim,
                        mlp=self.mlp, dropout=self.dropout, use_bias=self.use_bias,
-                       matmul_dtype=self.matmul_dtype, num_layers_for_init=self.num_layers)
+                       matmul_dtype=self.matmul_dtype, num_layers_for_init=self.num_layers,
+                       lora_rank=self.lora_rank, lora_alpha=self.lora_alpha,
+                       lora_targets=self.lora_target_tuple, adapter_dim=self.adapter_dim)
 
 
 def _layer_norm(c: BertConfig, name: str | None = None) -> nn.LayerNorm:
@@ -97,15 +104,23 @@ class PostLNBlock(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, x_BTD, mask_B1TS, *, positions_BT, deterministic: bool = True):
+  def __call__(self, x_BTD, mask_B1TS, *, positions_BT, prefix_kv=None,
+               deterministic: bool = True):
     c = self.config
     drop = nn.Dropout(c.dropout, deterministic=deterministic)
     h_BTD, _ = Attention(c.num_heads, c.head_dim, num_layers_for_init=c.num_layers,
                          dropout_rate=c.dropout, use_bias=c.use_bias,
-                         matmul_dtype=c.matmul_dtype, name="attn")(
-        x_BTD, mask_B1TS, q_pos_BT=positions_BT, deterministic=deterministic)
+                         matmul_dtype=c.matmul_dtype, lora_rank=c.lora_rank,
+                         lora_alpha=c.lora_alpha, lora_targets=c.lora_target_tuple,
+                         name="attn")(
+        x_BTD, mask_B1TS, q_pos_BT=positions_BT, prefix_kv=prefix_kv,
+        deterministic=deterministic)
+    if c.adapter_dim:  # Houlsby: the adapter sits before the residual add and the norm
+      h_BTD = Adapter(c.adapter_dim, name="adapter_attn")(h_BTD)
     x_BTD = _layer_norm(c, "ln_attn")(x_BTD + drop(h_BTD))
     h_BTD = MLP(c.mlp_dim, c.num_layers, c.use_bias, c.matmul_dtype, c.mlp, name="mlp")(x_BTD)
+    if c.adapter_dim:
+      h_BTD = Adapter(c.adapter_dim, name="adapter_mlp")(h_BTD)
     x_BTD = _layer_norm(c, "ln_mlp")(x_BTD + drop(h_BTD))
     return nn.with_logical_constraint(x_BTD, ("batch", "length", "act_embed"))
 
@@ -145,6 +160,9 @@ class Bert(nn.Module):
     self.mlm_head = MLMHead(c)
     self.nsp_head = nn.Dense(2, kernel_init=init.normal(init.DEFAULT_STDDEV, ("embed", None)),
                              bias_init=init.zeros((None,)))
+    if c.prefix_len:
+      self.prefix = PrefixKV(c.prefix_len, c.num_layers, c.num_heads, c.head_dim,
+                             c.prefix_hidden)
 
   def encode(self, tokens_BT, segments_BT=None, valid_BT=None, *, deterministic: bool = True):
     """Contextual embeddings (B, T, D) and the pooled [CLS] vector (B, D).
@@ -168,11 +186,13 @@ class Bert(nn.Module):
       x_BTD = self.ln_embed(x_BTD)
     x_BTD = self.embed_dropout(x_BTD, deterministic=deterministic)
     x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "act_embed"))
-    for block in self.blocks:
+    prefix_kv = self.prefix() if c.prefix_len else [None] * c.num_layers
+    for block, kv in zip(self.blocks, prefix_kv, strict=True):
       if c.norm_position == "post":
-        x_BTD = block(x_BTD, mask_B1TS, positions_BT=positions_BT, deterministic=deterministic)
+        x_BTD = block(x_BTD, mask_B1TS, positions_BT=positions_BT, prefix_kv=kv,
+                      deterministic=deterministic)
       else:
-        x_BTD, _ = block(x_BTD, mask_B1TS, positions_BT=positions_BT,
+        x_BTD, _ = block(x_BTD, mask_B1TS, positions_BT=positions_BT, prefix_kv=kv,
                          deterministic=deterministic)
     if c.norm_position == "pre":
       x_BTD = self.ln_final(x_BTD)

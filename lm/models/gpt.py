@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lm.layers import init
 from lm.layers import masks as masks_lib
 from lm.layers.attention import KVCache
 from lm.layers.block import REMAT_POLICIES, BlockConfig, block_class
@@ -22,10 +23,12 @@ from lm.layers.mla import MLACache, MLAConfig
 from lm.layers.mlp import ACTIVATIONS
 from lm.layers.moe import ROUTERS, MoEConfig
 from lm.layers.norms import NORMS, make_norm
+from lm.layers.peft import PEFTFields, PrefixKV
 from lm.layers.positions import (
   POSITIONS,
   LearnedPositions,
   RelativePositionBias,
+  RopeScaling,
   alibi_bias,
   sinusoidal_embedding,
 )
@@ -34,7 +37,7 @@ from lm.layers.sparse_attention import LAYOUTS, layer_patterns
 
 
 @dataclasses.dataclass(frozen=True)
-class GPTConfig:
+class GPTConfig(PEFTFields):  # + LoRA / adapter / prefix / prompt fields (lm/layers/peft.py)
   vocab_size: int = 0  # 0: taken from the tokenizer when training starts
   num_layers: int = 4
   num_heads: int = 4
@@ -74,6 +77,12 @@ class GPTConfig:
   moe_capacity_factor: float = 0.0  # 0 = dropless; else drop beyond cf * tokens * k / experts
   moe_every: int = 1  # layers k-1, 2k-1, ... are MoE, the others dense MLPs
   moe_block_size: int = 32  # rows per expert block in the grouped expert matmul
+  moe_first_dense: int = 0  # the first k layers keep a dense MLP (DeepSeek-V3: 3)
+  mla_head_dim: int = 0  # mla: per-head query/key content and value dim; 0 = embed_dim // heads
+  # --- long context: RoPE scaling (lm/layers/positions.py RopeScaling, docs/long_context.md) ---
+  rope_scaling: str = "none"  # none | linear (position interpolation) | ntk | yarn
+  rope_scaling_factor: float = 1.0  # new context / rope_original_max_len
+  rope_original_max_len: int = 0  # the context RoPE was trained at (yarn's ramp needs it)
 
   def __post_init__(self):
     if self.vocab_size < 0:
@@ -112,6 +121,15 @@ class GPTConfig:
         raise ValueError(f"model.moe_every must be positive and model.moe_activation one of "
                          f"{tuple(ACTIVATIONS)}")
       self.moe_config()  # checks the MoE fields
+    self.check_peft()
+    if (self.prefix_len or self.prompt_len) and self.attention == "mla":
+      raise ValueError("prefix and prompt tuning need attention=mha (MLA caches latents)")
+    self.rope_scaling_config()  # checks the rope_scaling fields
+    if self.rope_scaling != "none" and (self.position != "rope" or self.attention == "mla"):
+      raise ValueError(f"model.rope_scaling={self.rope_scaling!r} needs position=rope and "
+                       f"attention=mha")
+    if self.moe_first_dense < 0 or self.mla_head_dim < 0:
+      raise ValueError("model.moe_first_dense and model.mla_head_dim must be >= 0")
     if self.attention == "mla":
       if self.attention_pattern != "dense":
         raise ValueError("model.attention=mla supports attention_pattern=dense only")
@@ -128,10 +146,16 @@ class GPTConfig:
 
   def mla_config(self) -> MLAConfig:
     return MLAConfig(
-        num_heads=self.num_heads, head_dim=self.head_dim, kv_rank=self.mla_kv_rank,
+        num_heads=self.num_heads, head_dim=self.mla_head_dim or self.head_dim,
+        kv_rank=self.mla_kv_rank,
         q_rank=self.mla_q_rank, rope_dim=self.mla_rope_dim, rope_base=self.rope_base,
         dropout=self.dropout, matmul_dtype=self.matmul_dtype,
         num_layers_for_init=self.num_layers)
+
+  def rope_scaling_config(self) -> RopeScaling | None:
+    if self.rope_scaling == "none":
+      return None
+    return RopeScaling(self.rope_scaling, self.rope_scaling_factor, self.rope_original_max_len)
 
   @property
   def head_dim(self) -> int:
@@ -139,6 +163,7 @@ class GPTConfig:
 
   def block_config(self, pattern: str, layer: int = 0) -> BlockConfig:
     is_moe = self.mlp == "moe" and layer % self.moe_every == self.moe_every - 1
+    is_moe = is_moe and layer >= self.moe_first_dense
     return BlockConfig(
         num_heads=self.num_heads, head_dim=self.head_dim, mlp_dim=self.mlp_dim,
         num_kv_heads=self.num_kv_heads,
@@ -149,7 +174,10 @@ class GPTConfig:
         rope_base=self.rope_base if self.position == "rope" else 0.0, pattern=pattern,
         window=self.attention_window, stride=self.attention_stride,
         num_layers_for_init=self.num_layers, moe=self.moe_config() if is_moe else None,
-        mla=self.mla_config() if self.attention == "mla" else None)
+        mla=self.mla_config() if self.attention == "mla" else None,
+        lora_rank=self.lora_rank, lora_alpha=self.lora_alpha,
+        lora_targets=self.lora_target_tuple, adapter_dim=self.adapter_dim,
+        rope_scaling=self.rope_scaling_config() if self.position == "rope" else None)
 
 
 class GPT(nn.Module):
@@ -163,22 +191,56 @@ class GPT(nn.Module):
     return [KVCache.zeros(batch, length or c.max_len, c.num_kv_heads or c.num_heads, c.head_dim)
             for _ in range(c.num_layers)]
 
+  def _add_positions(self, x_BTD, positions_BT, learned: LearnedPositions | None):
+    c = self.config
+    if learned is not None:
+      return x_BTD + learned(positions_BT)
+    if c.position == "sinusoidal":
+      return x_BTD + sinusoidal_embedding(positions_BT, c.embed_dim)
+    return x_BTD
+
+  def _prompt_kv(self, embed, learned, blocks, bias_fn, deterministic: bool):
+    """Soft-prompt tuning: the P learned embeddings at positions 0..P-1 run through the
+    blocks; their keys/values are a per-layer prefix for the tokens (which sit at P..),
+    the same as prepending them to the input, and cheap to reuse when decoding."""
+    c = self.config
+    P = c.prompt_len
+    # Initialised from the embeddings of P random vocabulary tokens (Lester et al.).
+    prompt_PD = self.param("soft_prompt", lambda key, shape: init.Logical(
+        embed.embedding[jax.random.randint(key, (shape[0],), 0, c.vocab_size)],
+        (None, "embed")), (P, c.embed_dim))
+    positions_1P = jnp.arange(P)[None]
+    x_1PD = self._add_positions(prompt_PD[None], positions_1P, learned)
+    mask_11PP = masks_lib.causal_mask(positions_1P, positions_1P)
+    kv = []
+    for block in blocks:
+      x_1PD, cache = block(x_1PD, mask_11PP, bias_fn, positions_BT=positions_1P,
+                           cache=KVCache.zeros(1, P, c.num_kv_heads or c.num_heads, c.head_dim),
+                           cache_index=0, deterministic=deterministic)
+      kv.append((cache.k_BSKH[0], cache.v_BSKH[0]))
+    return kv
+
   @nn.compact
   def __call__(self, tokens_BT, *, positions_BT=None, segment_ids_BT=None,
-               caches: list[KVCache] | None = None, cache_index=0, deterministic: bool = True):
-    """Returns (logits_BTV, caches).
+               caches: list[KVCache] | None = None, cache_index=0, deterministic: bool = True,
+               return_hidden: bool = False):
+    """Returns (logits_BTV, caches), or (final normed hidden_BTD, caches) with return_hidden.
 
     Positions default to `cache_index + 0..T-1`. `segment_ids_BT` (training on packed
     rows, no cache) keeps documents from attending to each other; pass positions that
-    restart per document (`masks.positions_from_segments`) with it.
+    restart per document (`masks.positions_from_segments`) with it. With a soft prompt
+    (prompt_len = P) every position is shifted by P: learned positions then cover
+    max_len - P tokens (positions past the table read as NaN).
     """
     c = self.config
     B, T = tokens_BT.shape
+    P = c.prompt_len
     if positions_BT is None:
       positions_BT = jnp.broadcast_to(cache_index + jnp.arange(T)[None, :], (B, T))
+    positions_BT = positions_BT + P
     if caches is not None:
       key_len = jax.tree.leaves(caches[0])[0].shape[1]  # KVCache or MLACache: B S ...
-      key_positions_BS = jnp.broadcast_to(jnp.arange(key_len)[None, :], (B, key_len))
+      key_positions_BS = jnp.broadcast_to(P + jnp.arange(key_len)[None, :], (B, key_len))
     else:
       key_positions_BS = positions_BT
     mask_B1TS = masks_lib.causal_mask(positions_BT, key_positions_BS)
@@ -188,11 +250,9 @@ class GPT(nn.Module):
       mask_B1TS = mask_B1TS & masks_lib.segment_mask(segment_ids_BT, segment_ids_BT)
 
     embed = TokenEmbedding(c.vocab_size, c.embed_dim, name="token_embed")
-    x_BTD = embed(tokens_BT)
-    if c.position == "learned":
-      x_BTD = x_BTD + LearnedPositions(c.max_len, c.embed_dim, name="pos_embed")(positions_BT)
-    elif c.position == "sinusoidal":
-      x_BTD = x_BTD + sinusoidal_embedding(positions_BT, c.embed_dim)
+    learned = (LearnedPositions(c.max_len, c.embed_dim, name="pos_embed")
+               if c.position == "learned" else None)
+    x_BTD = self._add_positions(embed(tokens_BT), positions_BT, learned)
     bias_fn = None
     if c.position == "alibi":
       bias_fn = functools.partial(alibi_bias, num_heads=c.num_heads)
@@ -203,19 +263,33 @@ class GPT(nn.Module):
     x_BTD = nn.Dropout(c.dropout, deterministic=deterministic)(x_BTD)
     x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "act_embed"))
 
-    new_caches = []
     block = block_class(c.remat)
-    for i, pattern in enumerate(layer_patterns(c.attention_pattern, c.num_layers)):
-      x_BTD, cache = block(c.block_config(pattern, i), name=f"block_{i}")(
+    blocks = [block(c.block_config(pattern, i), name=f"block_{i}")
+              for i, pattern in enumerate(layer_patterns(c.attention_pattern, c.num_layers))]
+    prefix_kv = [None] * c.num_layers
+    if c.prefix_len:
+      prefix_kv = PrefixKV(c.prefix_len, c.num_layers, c.num_kv_heads or c.num_heads,
+                           c.head_dim, c.prefix_hidden, name="prefix")()
+    if P:
+      prompt_kv = self._prompt_kv(embed, learned, blocks, bias_fn, deterministic)
+      prefix_kv = [kv if prefix is None else tuple(jnp.concatenate([a, b]) for a, b in
+                                                   zip(prefix, kv, strict=True))
+                   for prefix, kv in zip(prefix_kv, prompt_kv, strict=True)]
+
+    new_caches = []
+    for i, block_i in enumerate(blocks):
+      x_BTD, cache = block_i(
           x_BTD, mask_B1TS, bias_fn, positions_BT=positions_BT,
           cache=None if caches is None else caches[i], cache_index=cache_index,
-          deterministic=deterministic)
+          prefix_kv=prefix_kv[i], deterministic=deterministic)
       new_caches.append(cache)
 
     # Multi-token prediction (lm/tasks/mtp_lm.py) reads the last hidden state; a no-op
     # unless the caller makes "intermediates" mutable.
     self.sow("intermediates", "final_hidden_BTD", x_BTD)
     x_BTD = make_norm(c.norm, "ln_final", c.use_bias)(x_BTD)
+    if return_hidden:  # features for classification heads and probes
+      return x_BTD, (new_caches if caches is not None else None)
     if c.tie_embeddings:
       logits_BTV = embed.attend(x_BTD)
     else:

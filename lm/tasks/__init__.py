@@ -25,6 +25,12 @@ _TASKS = {
     "sft": ("lm.tasks.sft", "SFTConfig"),  # prompt/response, prompt masked, packed
     "distill": ("lm.tasks.distill", "DistillConfig"),  # student <- teacher workdir's logits
     "dpo": ("lm.tasks.dpo", "DPOConfig"),  # preference pairs, frozen reference
+    # in-context learning: rows of one string task's examples (docs/icl.md)
+    "icl_strings": ("lm.tasks.icl_strings", "ICLStringsConfig"),
+    # images and text (docs/multimodal.md), on the synthetic shapes captions
+    "clip": ("lm.tasks.clip", "CLIPTaskConfig"),  # contrastive dual encoder ("clip" family)
+    # adapting a pretrained backbone (docs/adaptation.md): a head on pooled features
+    "classify": ("lm.tasks.classify", "ClassifyConfig"),  # who speaks this line
 }
 
 

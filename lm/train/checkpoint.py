@@ -252,6 +252,24 @@ class Checkpointer:
       raise UserError(f"no usable checkpoint in {self.directory}: {'; '.join(failures)}")
     raise UserError(f"no checkpoint found in {self.directory}")
 
+  def restore_params(self, step: int | None = None):
+    """(params, step) of `step` (default: the newest intact one) as numpy arrays, without
+    knowing the model that wrote them: the saved metadata gives every shape (fine-tuning
+    reads a pretrained workdir this way)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise UserError(f"no checkpoint found in {self.directory}")
+    problem = self.verify(step)
+    if problem is not None:
+      raise UserError(f"checkpoint {self.directory}/{step} is unusable: {problem}")
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    metadata = self._manager.item_metadata(step)["state"]
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                            metadata)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))
+    return jax.device_get(restored["state"]["params"]), step
+
   def _try_restore(self, step: int, abstract_state):
     """(restored, None), or (None, why) when the failure means the step is damaged.
 

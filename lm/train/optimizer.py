@@ -3,6 +3,7 @@
 import jax
 import optax
 
+from lm.adapt.trainable import mask_optimizer
 from lm.config import OptimConfig
 from lm.train.ema import param_ema
 
@@ -20,13 +21,17 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(config: OptimConfig, num_steps: int) -> optax.GradientTransformation:
+def make_optimizer(config: OptimConfig, num_steps: int,
+                   trainable: tuple[str, ...] = ()) -> optax.GradientTransformation:
+  """`trainable`: regexes over parameter paths; only matches train (lm/adapt/trainable.py)."""
   parts = []
   if config.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(config.grad_clip))
   parts.append(optax.adamw(learning_rate_schedule(config, num_steps), b1=config.b1,
                            b2=config.b2, eps=config.eps, weight_decay=config.weight_decay,
                            mask=decay_mask))
+  # Clipping and Adam see the trainable parameters only; the EMA averages all of them.
+  parts = [mask_optimizer(optax.chain(*parts), trainable)]
   if config.ema_decay > 0:
     parts.append(param_ema(config.ema_decay))
   tx = optax.chain(*parts)

@@ -35,3 +35,6 @@ class Task:
   # its own train state and scanned step; None: TrainState and make_multi_step.
   create_state: Callable[[Any, Any, Any], Any] | None = None  # (model, params, tx) -> state
   make_multi_step: Callable[[LossFn, Any], Any] | None = None  # (loss_fn, tx) -> multi_step
+  # Where a pretrained model's parameters sit in this task's params (config.init_from):
+  # () = the params are the model's; ("backbone",) for a head wrapping it.
+  pretrained_at: tuple[str, ...] = ()

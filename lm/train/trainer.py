@@ -15,6 +15,8 @@ from tqdm import tqdm
 
 from lm import config as config_lib
 from lm import workdir as workdir_lib
+from lm.adapt import pretrained as pretrained_lib
+from lm.adapt import trainable as trainable_lib
 from lm.data.pipeline import next_chunk
 from lm.errors import UserError
 from lm.models.registry import build_model
@@ -41,7 +43,7 @@ def abstract_train_state(config: config_lib.ExperimentConfig, model, init_params
 
   Without a layout: the config's own mesh and rules (on this process's devices).
   """
-  tx = make_optimizer(config.optim, config.train.num_steps)
+  tx = make_optimizer(config.optim, config.train.num_steps, config.trainable)
   layout = layout or Layout.from_config(config.sharding)
   abstract, _ = layout.state_shardings(_state_maker(config, model, tx, init_params, create_state))
   return abstract
@@ -121,7 +123,9 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
   start_time = time.time()
   workdir_lib.ensure_writable(workdir)
   layout = Layout.from_config(config.sharding)
+  pretrained_lib.copy_tokenizer(config, workdir)  # fine-tuning reads with the base's tokenizer
   config, task = build_task(config, workdir)
+  task = pretrained_lib.with_pretrained(task, config)  # no-op without config.init_from
   accum = config.train.grad_accum_steps
   if config.data.batch_size % accum:
     raise UserError(f"data.batch_size={config.data.batch_size} is not divisible by "
@@ -130,7 +134,7 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
   for batch in task.eval_batches[:1]:
     layout.check_batch(len(next(iter(batch.values()))), "the eval batch size")
   model = build_model(config.family, config.model)
-  tx = make_optimizer(config.optim, config.train.num_steps)
+  tx = make_optimizer(config.optim, config.train.num_steps, config.trainable)
   loss_fn = task.make_loss(model)
   data_iter = task.train_iter
   t = config.train
@@ -159,6 +163,11 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
     return metrics
 
   num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+  trainable_lib.check_patterns(state.params, config.trainable)
+  trainable = trainable_lib.count(state.params, config.trainable)
+  if config.trainable:
+    print(f"trainable: {trainable['trainable_params']:,} of {num_params:,} parameters "
+          f"({100 * trainable['trainable_fraction']:.3f}%)")
   flops_per_token = mfu.model_flops_per_token(config.family, config.model, config.data.seq_len,
                                               num_params)
   peak = mfu.peak_flops(mfu.peak_dtype(getattr(config.model, "matmul_dtype", "float32")))
@@ -231,7 +240,7 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
   summary = {
       **last_eval, "best_val_loss": float(np.nanmin([best_val, last_eval["val_loss"]])),
       "train_loss": train_loss, "steps": step,
-      "params": num_params,
+      "params": num_params, **trainable,
       "model_flops_per_token": flops_per_token, "peak_flops": peak,
       "mfu": meter.tokens_per_sec * flops_per_token / peak if meter.steps else None,
       "tokens_per_sec": meter.tokens_per_sec if meter.steps else None,
@@ -247,4 +256,6 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
                             for k, v in summary.items()}}
   if is_chief:
     write_json(os.path.join(workdir, "summary.json"), summary)
+    if config.init_from and config.trainable:  # the trained part, apart from the frozen base
+      pretrained_lib.save_adapter(workdir, config, state.params, step)
   return summary
