@@ -53,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.task = "classify"
   c.init_from = args.init_from
   head = ("^head/",)
-  c.trainable = list(head if args.method == "head" else m.trainable + head if m.trainable
+  c.trainable = tuple(head if args.method == "head" else m.trainable + head if m.trainable
                      else ())
   c.task_config = ml_collections.ConfigDict(dict(num_speakers=8, val_fraction=0.2,
                                                  pooling=args.pooling, split_seed=0))
