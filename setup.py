@@ -6,6 +6,7 @@ setup(
     description="A JAX/Flax research codebase for language models.",
     python_requires=">=3.10",
     packages=find_packages(include=["lm", "lm.*", "configs", "experiments"]),
+    package_data={"lm.eval": ["data/*.json"]},  # the bias templates (lm/eval/bias.py)
     install_requires=[
         "jax>=0.7",
         "flax>=0.11",
