@@ -13,6 +13,7 @@ Three ways to tell attention where tokens are:
 All take explicit positions, so a KV cache just passes `cache_index + arange(T)`.
 """
 
+import dataclasses
 import math
 
 import flax.linen as nn
@@ -46,17 +47,67 @@ def sinusoidal_embedding(positions_BT, dim: int, base: float = 10000.0):
       *positions_BT.shape, dim)
 
 
-def apply_rope(x_BTNH, positions_BT, base: float = 10000.0):
+ROPE_SCALINGS = ("none", "linear", "ntk", "yarn")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+  """Context extension of RoPE by `factor` beyond the `original_max_len` it was trained at.
+
+  linear  position interpolation (Chen et al. 2023): every frequency / factor, i.e.
+          position p is rotated as p / factor would be.
+  ntk     NTK-aware (bloc97 2023): base' = base * factor^(H / (H - 2)); high frequencies
+          stay almost as trained, the lowest is interpolated by the full factor.
+  yarn    YaRN (Peng et al. 2023, eq. 17-19): per-frequency ramp on r = L / wavelength:
+          r < beta_slow interpolated (/ factor), r > beta_fast kept, linear in between;
+          q and k are scaled by 0.1 ln(factor) + 1 (the attention temperature).
+  """
+  kind: str = "none"
+  factor: float = 1.0
+  original_max_len: int = 0  # yarn: the training context length L
+  beta_fast: float = 32.0
+  beta_slow: float = 1.0
+
+  def __post_init__(self):
+    if self.kind not in ROPE_SCALINGS:
+      raise ValueError(f"rope scaling {self.kind!r}; known: {ROPE_SCALINGS}")
+    if self.factor < 1.0:
+      raise ValueError(f"rope scaling factor must be >= 1, got {self.factor}")
+    if self.kind == "yarn" and (self.original_max_len <= 0 or
+                                not 0 < self.beta_slow < self.beta_fast):
+      raise ValueError("yarn needs original_max_len > 0 and 0 < beta_slow < beta_fast")
+
+
+def rope_frequencies(head_dim: int, base: float = 10000.0, scaling: RopeScaling | None = None):
+  """(inverse frequencies theta_i for i < H/2, scale applied to q and k)."""
+  inv_freq_F = base ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+  s = scaling or RopeScaling()
+  if s.kind == "linear":
+    return inv_freq_F / s.factor, 1.0
+  if s.kind == "ntk":
+    ntk_base = base * s.factor ** (head_dim / (head_dim - 2))
+    return ntk_base ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim), 1.0
+  if s.kind == "yarn":
+    r_F = s.original_max_len * inv_freq_F / (2 * math.pi)  # turns within the trained context
+    keep_F = jnp.clip((r_F - s.beta_slow) / (s.beta_fast - s.beta_slow), 0.0, 1.0)
+    inv_freq_F = (1 - keep_F) * inv_freq_F / s.factor + keep_F * inv_freq_F
+    return inv_freq_F, 0.1 * math.log(s.factor) + 1.0
+  return inv_freq_F, 1.0
+
+
+def apply_rope(x_BTNH, positions_BT, base: float = 10000.0, scaling: RopeScaling | None = None):
   """Rotates each pair (x[i], x[i + H/2]) by angle p * base^(-2i/H) (GPT-NeoX/LLaMA layout).
 
   Rotating q at position m and k at position n makes q·k a function of (m - n).
+  `scaling` changes the frequencies for context extension (RopeScaling).
   """
   H = x_BTNH.shape[-1]
   if H % 2:
     raise ValueError(f"RoPE needs an even head_dim, got {H}")
-  inv_freq_F = base ** (-jnp.arange(0, H, 2, dtype=jnp.float32) / H)
+  inv_freq_F, mscale = rope_frequencies(H, base, scaling)
   angles_BTF = positions_BT[..., None].astype(jnp.float32) * inv_freq_F
-  cos_BT1F, sin_BT1F = jnp.cos(angles_BTF)[:, :, None], jnp.sin(angles_BTF)[:, :, None]
+  cos_BT1F = mscale * jnp.cos(angles_BTF)[:, :, None]
+  sin_BT1F = mscale * jnp.sin(angles_BTF)[:, :, None]
   x1, x2 = jnp.split(x_BTNH.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos_BT1F - x2 * sin_BT1F, x2 * cos_BT1F + x1 * sin_BT1F], axis=-1)
   return out.astype(x_BTNH.dtype)
