@@ -1,0 +1,586 @@
+"""Writes the colab/ notebooks (nbformat v4, no outputs) from the cells below.
+
+  python colab/build_notebooks.py        # rewrites colab/0[1-3,5-7]_*.ipynb
+
+Each notebook starts with the same cell: install lm from the repository when it is not
+installed, pick a size from the hardware (`jax.devices()`), or tiny settings when
+LM_NOTEBOOK_SMOKE=1 (tests/test_notebooks.py runs every notebook that way).
+"""
+
+import os
+import textwrap
+
+import nbformat
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+SETUP = '''\
+# Install lm from the repository when it is not installed yet.
+import importlib.util, subprocess, sys, os
+if importlib.util.find_spec('lm') is None:
+    if not os.path.exists('lm-repo'):
+        raise SystemExit('clone the lm repository into ./lm-repo first')
+    subprocess.check_call([sys.executable, '-m', 'pip', 'install', '-q', '-e', 'lm-repo'])
+    os.chdir('lm-repo')
+{pre_jax}import jax
+# LM_NOTEBOOK_SMOKE=1 (CI) picks tiny settings; otherwise the size follows the hardware.
+PLATFORM = jax.devices()[0].platform
+SIZE = ('smoke' if os.environ.get('LM_NOTEBOOK_SMOKE') == '1'
+        else 'cpu' if PLATFORM == 'cpu' else 'accelerator')
+print(len(jax.devices()), 'x', jax.devices()[0].device_kind, '->', SIZE)'''
+
+# A few lines of training with the library's own pieces: the scanned, jitted train step
+# (lm.train.step), the optimizer and the causal-LM loss; batches are random windows.
+TRAIN_GPT = '''\
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+from lm.config import OptimConfig
+from lm.models.gpt import GPT, GPTConfig
+from lm.objectives import causal_lm_loss
+from lm.tasks.causal_lm import init_params
+from lm.train.optimizer import make_optimizer
+from lm.train.state import create_train_state
+from lm.train.step import make_multi_step
+
+def train_gpt(config, ids, steps, batch_size=16, chunk=10, lr=3e-3, seed=0):
+    """Trains a GPT on random windows of `ids` with lm's train step; returns model, params, losses."""
+    model, T = GPT(config), config.max_len
+    params = jax.jit(lambda: nn.meta.unbox(init_params(model, T, seed)))()
+    tx = make_optimizer(OptimConfig(lr=lr, min_lr=lr / 10, warmup_steps=max(1, steps // 20)), steps)
+    state, multi_step = create_train_state(params, tx), make_multi_step(causal_lm_loss(model), tx)
+    rng, losses = np.random.default_rng(seed), []
+    for _ in range(steps // chunk):
+        starts = rng.integers(0, len(ids) - T - 1, size=(chunk, batch_size))
+        windows = np.asarray(ids)[starts[..., None] + np.arange(T + 1)]
+        state, metrics = multi_step(state, {'inputs': windows[..., :-1], 'targets': windows[..., 1:]},
+                                    jax.random.key(seed))
+        losses += np.asarray(metrics['loss']).tolist()
+    return model, state.params, losses'''
+
+
+def md(text: str):
+  return nbformat.v4.new_markdown_cell(textwrap.dedent(text).strip())
+
+
+def code(text: str):
+  return nbformat.v4.new_code_cell(textwrap.dedent(text).strip())
+
+
+def setup(pre_jax: str = ""):
+  return nbformat.v4.new_code_cell(SETUP.format(pre_jax=pre_jax))
+
+
+def notebook(cells) -> nbformat.NotebookNode:
+  nb = nbformat.v4.new_notebook(cells=cells)
+  nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3"},
+                 "language_info": {"name": "python"}, "accelerator": "GPU"}
+  return nb
+
+
+# --- the notebooks -------------------------------------------------------------------------
+
+NOTEBOOKS = {}
+
+
+def register(name):
+  def wrap(fn):
+    NOTEBOOKS[name] = fn
+    return fn
+  return wrap
+
+
+@register("01_language_models.ipynb")
+def nb01():
+  return [
+      md("""
+      # 01 · Language models: tokens, the chain rule, n-grams vs Transformers, temperature
+
+      A language model is a probability distribution over token sequences,
+      p(x_1..x_L) = Π_i p(x_i | x_<i) (the chain rule). This notebook builds the pieces on
+      tiny Shakespeare with `lm`: tokenizers, a Kneser-Ney n-gram and a small GPT, scores a
+      sentence against its shuffles, and turns the temperature knob from 0 to ∞.
+      """),
+      setup(),
+      code("""
+      import math, itertools
+      import matplotlib.pyplot as plt
+      from configs.base import TINY_SHAKESPEARE
+      from lm.data.corpus import read_text, split_text
+      from lm.data.tokenizers import build_tokenizer
+      text = read_text(TINY_SHAKESPEARE)
+      if SIZE == 'smoke':
+          text = text[:200_000]
+      train_text, val_text = split_text(text, 0.1)
+      print(f'{len(text):,} characters; first line: {text.splitlines()[0]!r}')
+      """),
+      md("""
+      ## Tokens and the vocabulary
+      The model never sees text, only ids from a fixed vocabulary. Characters give a tiny
+      vocabulary and long sequences; words a huge vocabulary with unknown words (`<unk>`);
+      byte-level BPE sits in between.
+      """),
+      code("""
+      sentence = 'the mouse ate the cheese'
+      tokenizers = {'char': build_tokenizer('char', text),
+                    'word': build_tokenizer('word', train_text),
+                    'bpe': build_tokenizer('bpe', train_text, 300 if SIZE == 'smoke' else 1000)}
+      lengths = {}
+      for kind, tok in tokenizers.items():
+          ids = tok.encode(sentence)
+          pieces = [tok.decode([i]) for i in ids]
+          lengths[kind] = len(tok.encode(val_text)) / len(val_text)
+          print(f'{kind:>4}: vocab {tok.vocab_size:>6,}  {len(ids):>2} tokens  {pieces}')
+      plt.figure(figsize=(5, 2.5))
+      plt.bar(list(lengths), list(lengths.values()))
+      plt.ylabel('tokens per character'); plt.title('sequence length of the val text')
+      plt.show()
+      """),
+      md("""
+      ## The chain rule with an n-gram model
+      A character 6-gram with interpolated Kneser-Ney smoothing (`lm.models.ngram`, NumPy)
+      assigns log p(x_i | x_{i-5..i-1}) to each character; the sentence's log-probability is
+      their sum. Shuffling the words keeps the characters but breaks the grammar.
+      """),
+      code("""
+      from lm.models.ngram import NGramConfig, NGramLM, TokenStream
+      char = tokenizers['char']
+      train_ids = char.encode(train_text)
+      ngram = NGramLM.fit(NGramConfig(order=6), TokenStream.from_sequences([train_ids]),
+                          char.vocab_size)
+
+      def ngram_logprob(s):
+          return float(ngram.logprobs(TokenStream.from_sequences([char.encode(s)])).sum())
+
+      words = sentence.split()
+      shuffles = sorted({' '.join(p) for p in itertools.permutations(words)} - {sentence})
+      per_char = ngram.logprobs(TokenStream.from_sequences([char.encode(sentence)]))
+      plt.figure(figsize=(8, 2.5))
+      plt.bar(range(len(sentence)), per_char); plt.xticks(range(len(sentence)), list(sentence))
+      plt.ylabel('log p(x_i | x_<i)'); plt.title(f'6-gram: log p(sentence) = {per_char.sum():.2f}')
+      plt.show()
+      """),
+      md("""
+      ## A small Transformer on the same characters
+      `train_gpt` runs the library's jitted, scanned train step (`lm.train.step`) with its
+      AdamW schedule and causal-LM loss. The size follows the hardware (a few seconds in CI).
+      """),
+      code(TRAIN_GPT),
+      code("""
+      sizes = {'smoke': (dict(num_layers=1, num_heads=2, embed_dim=32, mlp_dim=128, max_len=32), 20),
+               'cpu': (dict(num_layers=2, num_heads=4, embed_dim=64, mlp_dim=256, max_len=64), 600),
+               'accelerator': (dict(num_layers=4, num_heads=4, embed_dim=128, mlp_dim=512,
+                                    max_len=128), 3000)}
+      shape, steps = sizes[SIZE]
+      model, params, losses = train_gpt(GPTConfig(vocab_size=char.vocab_size, **shape), train_ids, steps)
+      plt.figure(figsize=(5, 2.5)); plt.plot(losses)
+      plt.xlabel('step'); plt.ylabel('train loss (nats/char)'); plt.show()
+      """),
+      code("""
+      from lm.scoring import next_token_logprobs, token_logprobs
+      from lm.workdir import unigram_logprobs
+      prior = unigram_logprobs(train_ids, char.vocab_size)  # scores the first character
+
+      def gpt_logprob(s):
+          return float(token_logprobs(model, params, char.encode(s), prior).sum())
+
+      scores = {s: (ngram_logprob(s), gpt_logprob(s)) for s in [sentence] + shuffles}
+      xs, ys = zip(*scores.values())
+      plt.figure(figsize=(5, 4))
+      plt.scatter(xs[1:], ys[1:], s=12, label=f'{len(shuffles)} word shuffles')
+      plt.scatter([xs[0]], [ys[0]], c='r', s=40, label=repr(sentence))
+      plt.xlabel('6-gram log p'); plt.ylabel('GPT log p'); plt.legend(); plt.show()
+      rank = sorted(scores, key=lambda s: -scores[s][0]).index(sentence)
+      print(f'6-gram ranks the original {rank + 1} of {len(scores)}')
+      for s in sorted(scores, key=lambda s: -scores[s][0])[:3]:
+          print(f'{scores[s][0]:8.2f} {scores[s][1]:8.2f}  {s}')
+      """),
+      md("## Samples: n-gram vs Transformer (temperature 0.8)"),
+      code("""
+      from lm.models import ngram_sampling
+      from lm.sampling import generate
+      prompt, n_new = 'ROMEO:', 80 if SIZE == 'smoke' else 200
+      p_ids = char.encode(prompt)
+      print('--- 6-gram ---')
+      print(prompt + char.decode(ngram_sampling.generate(ngram, p_ids, max_new_tokens=n_new,
+                                                         temperature=0.8)[0]))
+      print('--- GPT ---')
+      print(prompt + char.decode(generate(model, params, p_ids, max_new_tokens=n_new,
+                                          temperature=0.8)[0]))
+      """),
+      md("""
+      ## Temperature from 0 to ∞
+      Sampling divides the logits by T: T → 0 is argmax (entropy 0), T = 1 is the model,
+      T → ∞ the uniform distribution (entropy log V).
+      """),
+      code("""
+      logp_V = next_token_logprobs(model, params, char.encode('ROMEO:\\nI'))[-1]
+      temps = np.logspace(-2, 2, 60)
+      probs = [np.exp(logp_V / t - np.logaddexp.reduce(logp_V / t)) for t in temps]
+      entropy = [-(p * np.log(np.maximum(p, 1e-30))).sum() for p in probs]
+      fig, ax = plt.subplots(1, 2, figsize=(11, 3))
+      ax[0].semilogx(temps, entropy); ax[0].axhline(math.log(char.vocab_size), ls='--', c='gray')
+      ax[0].set_xlabel('temperature'); ax[0].set_ylabel('entropy (nats)')
+      ax[0].set_title("next character after 'ROMEO:\\\\nI'")
+      top = np.argsort(-logp_V)[:8]
+      for t in (0.3, 1.0, 3.0):
+          p = np.exp(logp_V / t - np.logaddexp.reduce(logp_V / t))
+          ax[1].plot([repr(char.decode([i])) for i in top], p[top], 'o-', label=f'T={t}')
+      ax[1].set_ylabel('probability'); ax[1].legend(); plt.show()
+      for t in (0.0, 0.5, 1.0, 2.0, float('inf')):
+          out = generate(model, params, p_ids, max_new_tokens=60, temperature=t, seed=0)[0]
+          print(f'T={t:<4}', repr(prompt + char.decode(out)))
+      """),
+  ]
+
+
+
+@register("02_transformer_anatomy.ipynb")
+def nb02():
+  return [
+      md("""
+      # 02 · Transformer anatomy: masks, positions, attention maps, the KV cache
+
+      Every piece here is the code the models run (`lm/layers/`): the mask builders, the
+      positional encodings, the attention of a small trained GPT, and generation with and
+      without a key/value cache.
+      """),
+      setup(),
+      code("""
+      import time
+      import matplotlib.pyplot as plt
+      import jax.numpy as jnp
+      import numpy as np
+      from lm.layers import masks, positions
+      T = 16
+      pos = jnp.arange(T)[None]
+      valid = jnp.arange(T)[None] < 12  # the last 4 positions are padding
+      causal = masks.causal_mask(pos, pos)
+      shown = {'causal (GPT)': causal,
+               'bidirectional + padding (BERT)': masks.padding_mask(valid, valid),
+               'prefix LM, prefix 6 (T5)': masks.prefix_lm_mask(pos, pos, jnp.array([6])),
+               'local, window 4': causal & masks.local_mask(pos, pos, 4),
+               'strided, stride 4': causal & masks.strided_mask(pos, pos, 4)}
+      fig, axes = plt.subplots(1, len(shown), figsize=(16, 3.4))
+      for ax, (name, m) in zip(axes, shown.items()):
+          ax.imshow(np.asarray(m[0, 0]), cmap='Blues'); ax.set_title(name, fontsize=9)
+          ax.set_xlabel('key'); ax.set_ylabel('query')
+      plt.show()
+      print('keys each query sees:', {k: int(v.sum()) for k, v in shown.items()})
+      """),
+      md("""
+      ## Positional encodings
+      Sinusoidal positions are added to the embeddings; RoPE rotates queries and keys so
+      their dot product depends only on the distance; ALiBi and T5 add a bias to the
+      attention logits (a linear penalty per head, or a learned value per distance bucket).
+      """),
+      code("""
+      L = 128
+      p = jnp.arange(L)[None]
+      fig, ax = plt.subplots(1, 4, figsize=(17, 3.2))
+      ax[0].imshow(np.asarray(positions.sinusoidal_embedding(p, 64)[0]).T, aspect='auto', cmap='RdBu')
+      ax[0].set_title('sinusoidal: channel x position')
+      # RoPE: the same vector as query at position m and key at position n, for every n.
+      x = jax.random.normal(jax.random.key(0), (1, 1, 1, 64))
+      q = positions.apply_rope(jnp.broadcast_to(x, (1, L, 1, 64)), p)
+      ax[1].plot(np.asarray(jnp.einsum('h,th->t', q[0, 64, 0], q[0, :, 0])))
+      ax[1].axvline(64, c='gray', ls='--'); ax[1].set_title('RoPE: q(64) . k(n)'); ax[1].set_xlabel('n')
+      bias = positions.alibi_bias(p[:, :32], p[:, :32], num_heads=8)
+      below = np.asarray(masks.causal_mask(p[:, :32], p[:, :32])[0, 0])
+      ax[2].imshow(np.where(below, np.asarray(bias[0, 0]), np.nan), cmap='viridis')
+      ax[2].set_title(f'ALiBi head 0 (slope {float(positions.alibi_slopes(8)[0]):.2f})')
+      rel = jnp.arange(-L + 1, L)
+      ax[3].plot(rel, positions.relative_position_bucket(rel, bidirectional=True), label='bidirectional')
+      ax[3].plot(rel, positions.relative_position_bucket(rel, bidirectional=False), label='causal')
+      ax[3].set_title('T5 buckets'); ax[3].set_xlabel('key - query'); ax[3].legend()
+      plt.show()
+      """),
+      md("""
+      ## Attention maps of a small trained GPT
+      `attention_maps` swaps `lm.layers.attention.dot_product_attention` for a wrapper that
+      records softmax(q·k/√H) under the mask, then calls the real function, so the model
+      runs unchanged.
+      """),
+      code(TRAIN_GPT),
+      code("""
+      from configs.base import TINY_SHAKESPEARE
+      from lm.data.corpus import read_text
+      from lm.data.tokenizers import build_tokenizer
+      import lm.layers.attention as attention_lib
+      text = read_text(TINY_SHAKESPEARE)
+      char = build_tokenizer('char', text)
+      ids = char.encode(text[:100_000] if SIZE == 'smoke' else text)
+      shape, steps = {'smoke': (dict(num_layers=1, embed_dim=32, mlp_dim=128), 20),
+                      'cpu': (dict(num_layers=2, embed_dim=64, mlp_dim=256), 600),
+                      'accelerator': (dict(num_layers=4, embed_dim=128, mlp_dim=512), 3000)}[SIZE]
+      config = GPTConfig(vocab_size=char.vocab_size, num_heads=4, max_len=64, **shape)
+      model, params, losses = train_gpt(config, ids, steps)
+      print(f'train loss {losses[0]:.2f} -> {losses[-1]:.2f} after {steps} steps')
+
+      def attention_maps(model, params, tokens):
+          recorded, original = [], attention_lib.dot_product_attention
+          def recording(q, k, v, mask, bias=None, **kw):
+              logits = jnp.einsum('btnh,bsnh->bnts', q, k) * q.shape[-1] ** -0.5
+              recorded.append(jax.nn.softmax(jnp.where(mask, logits, -jnp.inf), axis=-1))
+              return original(q, k, v, mask, bias, **kw)
+          attention_lib.dot_product_attention = recording
+          try:
+              model.apply({'params': params}, jnp.asarray(tokens)[None])
+          finally:
+              attention_lib.dot_product_attention = original
+          return np.stack([np.asarray(r[0]) for r in recorded])  # (layers, heads, T, S)
+
+      line = 'ROMEO:\\nWhat light through yonder window breaks?'
+      maps = attention_maps(model, params, char.encode(line))
+      fig, axes = plt.subplots(maps.shape[0], maps.shape[1], figsize=(3 * maps.shape[1], 3 * maps.shape[0]),
+                               squeeze=False)
+      for l in range(maps.shape[0]):
+          for h in range(maps.shape[1]):
+              axes[l, h].imshow(maps[l, h], cmap='magma'); axes[l, h].set_title(f'layer {l} head {h}', fontsize=9)
+              axes[l, h].set_xticks([]); axes[l, h].set_yticks([])
+      plt.show()
+      """),
+      md("""
+      ## The KV cache
+      Without a cache each new token re-runs the model over the whole context; with it
+      (`lm.sampling.generate`) only the new token is computed and its keys and values are
+      appended. Both loops below decode greedily and must agree token for token.
+      """),
+      code("""
+      from lm.sampling import generate
+      from lm.scoring import next_token_logprobs
+      prompt = char.encode('ROMEO:')
+      n_new = config.max_len - len(prompt)
+      full_forward = jax.jit(lambda params, x: model.apply({'params': params}, x)[0])
+
+      def greedy_without_cache():
+          buf = np.zeros((1, config.max_len), np.int32); buf[0, :len(prompt)] = prompt
+          for i in range(len(prompt), config.max_len):
+              logits = full_forward(params, jnp.asarray(buf))  # the whole window, every step
+              buf[0, i] = int(jnp.argmax(logits[0, i - 1]))
+          return buf[0, len(prompt):]
+
+      def timed(fn):
+          fn()  # compile
+          start = time.perf_counter(); out = fn(); return out, time.perf_counter() - start
+
+      with_cache, t_cache = timed(lambda: generate(model, params, prompt, max_new_tokens=n_new,
+                                                   temperature=0.0)[0])
+      without, t_plain = timed(greedy_without_cache)
+      print('same tokens:', np.array_equal(with_cache, without), repr(char.decode(with_cache)))
+      plt.figure(figsize=(4, 2.5))
+      plt.bar(['KV cache', 'no cache'], [n_new / t_cache, n_new / t_plain])
+      plt.ylabel('tokens / s'); plt.title(f'{t_plain / t_cache:.0f}x faster with the cache'); plt.show()
+      """),
+  ]
+
+
+@register("03_three_families.ipynb")
+def nb03():
+  return [
+      md("""
+      # 03 · Three families on one text: BERT (encoder), GPT (decoder), T5 (encoder-decoder)
+
+      The lecture's three architectures, each trained with its own objective by `lm`'s tasks
+      (`mlm_nsp`, `causal_lm`, `span_corruption`) and the shared train step, then asked to do
+      what it was trained for on the same line of Shakespeare: fill in masked characters,
+      continue a prompt, and rewrite dropped spans after sentinels.
+      """),
+      setup(),
+      code("""
+      import importlib, tempfile
+      import flax.linen as nn
+      import jax.numpy as jnp
+      import numpy as np
+      from IPython.display import Markdown, display
+      from lm.config import from_dict
+      from lm.data.pipeline import next_chunk
+      from lm.models.registry import build_model
+      from lm.tasks import build_task
+      from lm.train.optimizer import make_optimizer
+      from lm.train.state import create_train_state
+      from lm.train.step import make_multi_step
+
+      # CI (smoke) only builds and initialises: compiling three train steps costs too much there.
+      STEPS = {'smoke': 0, 'cpu': 300, 'accelerator': 3000}[SIZE]
+
+      def trained(config_name, steps=STEPS, chunk=50):
+          c = importlib.import_module(f'configs.{config_name}').get_config('smoke' if SIZE == 'smoke' else None)
+          config, task = build_task(from_dict(c.to_dict()), tempfile.mkdtemp())
+          model = build_model(config.family, config.model)
+          params = jax.jit(lambda: nn.meta.unbox(task.init_params(model, 0)))()
+          if steps:
+              tx = make_optimizer(config.optim, steps)
+              state, multi_step = create_train_state(params, tx), make_multi_step(task.make_loss(model), tx)
+              batches = iter(task.train_iter)
+              for _ in range(steps // chunk):
+                  state, metrics = multi_step(state, next_chunk(batches, chunk), jax.random.key(0))
+              print(f'{config_name}: loss {float(metrics["loss"][-1]):.3f} after {steps} steps')
+              params = state.params
+          return config, task, model, params
+
+      def num_params(params):
+          return sum(x.size for x in jax.tree.leaves(params))
+
+      line_a, line_b = 'But soft, what light through yonder window breaks?', 'It is the east, and Juliet is the sun.'
+      """),
+      md("## Encoder-only: BERT fills in masked characters (bidirectional context)"),
+      code("""
+      from lm.tasks.mlm_nsp import pack_pairs
+      bert_config, bert_task, bert, bert_params = trained('bert_shakespeare')
+      tok = bert_task.tokenizer
+      seq_len = bert_config.data.seq_len
+      tokens, segments, valid, maskable = pack_pairs([tok.encode(line_a)], [tok.encode(line_b)], seq_len, tok)
+      chosen = np.zeros_like(maskable); chosen[0, np.flatnonzero(maskable[0])[::6]] = True
+      masked = np.where(chosen, tok.mask_id, tokens)
+      mlm_logits, nsp_logits = bert.apply({'params': bert_params}, masked, segments, valid)
+      filled = np.where(chosen, np.argmax(np.asarray(mlm_logits), -1), tokens)
+      print('input:    ', tok.decode(masked[0][valid[0]]))
+      print('filled in:', tok.decode(filled[0][valid[0]]))
+      print(f'masked characters right: {int((filled == tokens)[chosen].sum())} / {int(chosen.sum())}; '
+            f'P(B follows A) = {float(jax.nn.softmax(nsp_logits)[0, 0]):.2f}')
+      """),
+      md("## Decoder-only: GPT continues the line (left-to-right context)"),
+      code("""
+      from lm.sampling import generate
+      gpt_config, gpt_task, gpt, gpt_params = trained('shakespeare_char')
+      prompt = gpt_task.tokenizer.encode(line_a + '\\n')
+      out = generate(gpt, gpt_params, prompt, max_new_tokens=60, temperature=0.0)[0]
+      print(line_a + '\\n' + gpt_task.tokenizer.decode(out))
+      """),
+      md("## Encoder-decoder: T5 writes the dropped spans after their sentinels"),
+      code("""
+      from lm.data.seq2seq_pairs import EOS_ID
+      from lm.decoding import greedy_decode
+      from lm.tasks.span_corruption import make_examples, noise_counts
+      t5_config, t5_task, t5, t5_params = trained('t5_shakespeare')
+      t5_tok, L, tc = t5_task.tokenizer, t5_config.data.seq_len, t5_config.task_config
+      n_noise, n_spans = noise_counts(L, tc.noise_density, tc.mean_noise_span_length)
+      ids = t5_tok.encode((line_a + ' ' + line_b) * 4)
+      (x,), (y,) = make_examples(ids, [0], L, np.random.default_rng(0), tc,
+                                 [t5_tok.sentinel_id(k) for k in range(n_spans)])
+      pred = greedy_decode(t5, t5_params, np.asarray(x)[None], max_len=len(y), eos_id=EOS_ID)[0]
+      print('input (spans dropped):', repr(t5_tok.decode([t for t in x if t])))
+      print('target:               ', repr(t5_tok.decode([t for t in y if t])))
+      print('T5 greedy:            ', repr(t5_tok.decode([t for t in pred if t])))
+      """),
+      md("## The comparison table"),
+      code("""
+      rows = [('encoder-only (BERT)', 'bidirectional + padding', 'MLM (15%, 80/10/10) + NSP',
+               '15% of tokens', num_params(bert_params), 'embeddings, classification'),
+              ('decoder-only (GPT)', 'causal', 'next-token prediction', 'every token',
+               num_params(gpt_params), 'generation, scoring'),
+              ('encoder-decoder (T5)', 'bidirectional encoder, causal decoder + cross',
+               f'span corruption ({tc.noise_density:.0%}, mean span {tc.mean_noise_span_length:g})',
+               f'{n_noise} of {L} tokens + {n_spans} sentinels', num_params(t5_params), 'text to text')]
+      table = ['| family | attention | objective | predicted per example | params | use |',
+               '| --- | --- | --- | --- | --- | --- |']
+      table += [f'| {a} | {b} | {c} | {d} | {e:,} | {f} |' for a, b, c, d, e, f in rows]
+      display(Markdown('\\n'.join(table)))
+      """),
+  ]
+
+
+@register("05_scaling_laws.ipynb")
+def nb05():
+  return [
+      md("""
+      # 05 · Scaling laws: sweep, fit, plot, compare with Kaplan and Chinchilla
+
+      Loss falls as a power of parameters N, data D and compute C ≈ 6ND. `lm.scaling`
+      declares sweeps in a config, runs each size × budget as an ordinary training run, and
+      fits Kaplan's and Chinchilla's laws (Huber on log-loss, L-BFGS from a grid). On an
+      accelerator this notebook runs the committed grid and IsoFLOP sweeps (minutes); on a
+      CPU it runs the smoke sweep to show the machinery and fits the committed results
+      (`docs/scaling/`, measured on one H200); in CI it only fits the committed results.
+      """),
+      setup(),
+      code("""
+      import json, tempfile
+      import matplotlib.pyplot as plt
+      import numpy as np
+      from configs import scaling_isoflop, scaling_sweep
+      from experiments import sweep as sweep_exp
+      from experiments.scaling_report import PUBLISHED
+      from lm.scaling import fit, frontier, laws
+
+      def run_sweep(config_module, arg=None):
+          workdir = tempfile.mkdtemp()
+          return sweep_exp.run(sweep_exp.parse_config(config_module.get_config(arg).to_dict()), workdir)
+
+      def committed(name):
+          with open(f'docs/scaling/{name}_results.jsonl') as f:
+              return [json.loads(line) for line in f]
+
+      if SIZE == 'accelerator':
+          grid, isoflop = run_sweep(scaling_sweep), run_sweep(scaling_isoflop)
+      else:
+          if SIZE == 'cpu':
+              print(json.dumps(run_sweep(scaling_sweep, 'smoke')[0], indent=1))
+          grid, isoflop = committed('scaling_sweep'), committed('scaling_isoflop')
+      print(f'{len(grid)} grid runs, {len(isoflop)} IsoFLOP runs')
+      """),
+      md("## Fits: Kaplan's L(N, D) on the grid, Chinchilla's E + A/N^α + B/D^β on all runs"),
+      code("""
+      def arrays(rows, *keys):
+          return [np.array([r[k] for r in rows], float) for k in keys]
+
+      n, d, y = arrays(grid, 'non_embedding_params', 'tokens', 'val_loss')
+      kaplan = fit.fit(laws.KAPLAN, np.log([n, d]), y).constants
+      n_all, d_all, y_all = arrays(grid + isoflop, 'non_embedding_params', 'tokens', 'val_loss')
+      chin = fit.fit(laws.CHINCHILLA, np.log([n_all, d_all]), y_all).constants
+      budgets, n_iso, y_iso = arrays(isoflop, 'budget', 'non_embedding_params', 'val_loss')
+      iso = frontier.isoflop_frontier(budgets, n_iso, y_iso)
+      rows = [('Kaplan alpha_N', kaplan['alpha_N'], PUBLISHED['kaplan']['alpha_N']),
+              ('Kaplan alpha_D', kaplan['alpha_D'], PUBLISHED['kaplan']['alpha_D']),
+              ('Chinchilla alpha', chin['alpha'], PUBLISHED['chinchilla']['alpha']),
+              ('Chinchilla beta', chin['beta'], PUBLISHED['chinchilla']['beta']),
+              ('N_opt ~ C^a (IsoFLOP)', iso['a'], PUBLISHED['chinchilla']['a'])]
+      print(f"{'':24}{'ours':>8}{'paper':>8}")
+      for name, ours, paper in rows:
+          print(f'{name:24}{ours:8.3f}{paper:8.3f}')
+      """),
+      code("""
+      fig, ax = plt.subplots(1, 3, figsize=(16, 4))
+      for budget in sorted(set(d)):
+          sel = d == budget
+          order = np.argsort(n[sel])
+          line, = ax[0].loglog(n[sel][order], y[sel][order], 'o', label=f'D={budget:.2g}')
+          ns = np.logspace(np.log10(n.min()), np.log10(n.max()), 50)
+          ax[0].loglog(ns, laws.chinchilla_loss(ns, budget, **chin), '-', c=line.get_color())
+      ax[0].set_xlabel('non-embedding params N'); ax[0].set_ylabel('val loss'); ax[0].legend(fontsize=7)
+      ax[0].set_title('grid runs and the Chinchilla fit')
+      for budget in sorted(set(budgets)):
+          sel = budgets == budget
+          order = np.argsort(n_iso[sel])
+          ax[1].semilogx(n_iso[sel][order], y_iso[sel][order], 'o-', label=f'C={budget:.1g}')
+      ax[1].semilogx(iso['n_opt'], [m['loss_opt'] for m in iso['minima']], 'k*', ms=12, label='optimum')
+      ax[1].set_xlabel('N'); ax[1].set_title('IsoFLOP profiles'); ax[1].legend(fontsize=7)
+      cs = np.logspace(11, 14, 20)
+      ax[2].loglog(cs, iso['k_n'] * cs ** iso['a'], label=f"ours (IsoFLOP): N ~ C^{iso['a']:.2f}")
+      ax[2].loglog(cs, frontier.parametric_frontier(chin, cs)[0], '--', label='ours (parametric)')
+      hoffmann = dict(PUBLISHED['chinchilla'])
+      ax[2].loglog(cs, frontier.parametric_frontier(hoffmann, cs)[0], ':', label='Hoffmann 2022 constants')
+      ax[2].set_xlabel('compute C = 6ND'); ax[2].set_ylabel('N_opt'); ax[2].legend(fontsize=7)
+      ax[2].set_title('compute-optimal model size')
+      plt.show()
+      print('tokens per parameter at our IsoFLOP optima:',
+            [round(dd / nn) for dd, nn in zip(iso['d_opt'], iso['n_opt'])], '(Chinchilla: ~20)')
+      """),
+  ]
+
+
+def build_all() -> dict:
+  return {name: notebook(make()) for name, make in NOTEBOOKS.items()}
+
+
+def main():
+  for name, nb in build_all().items():
+    nbformat.validate(nb)
+    path = os.path.join(HERE, name)
+    nbformat.write(nb, path)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  main()
