@@ -70,6 +70,8 @@ def param_counts(config) -> ParamCounts:
 
 
 def _gpt_counts(config) -> ParamCounts:
+  if getattr(config, "mlp", "") == "moe" or getattr(config, "attention", "mha") == "mla":
+    return _moe_mla_counts(config)
   s = _shape(config)
   if s["position"] not in ("learned", "t5", *NO_PARAM_POSITIONS):
     raise ValueError(f"no parameter formula for model.position={s['position']!r}")
@@ -136,6 +138,77 @@ def _recurrent_counts(config) -> ParamCounts:
     non_embedding += Hd if config.cell == "gru" else 0
   embedding = V * E + (0 if config.tie_embeddings else Hd * V + V)
   return ParamCounts(embedding + non_embedding, embedding, non_embedding)
+
+
+def _mla_params(c) -> int:
+  """DeepSeek-V2/V3 latent attention (lm/layers/mla.py); no biases."""
+  d, n, r, kv, q = c.embed_dim, c.num_heads, c.mla_rope_dim, c.mla_kv_rank, c.mla_q_rank
+  h = getattr(c, "mla_head_dim", 0) or c.embed_dim // c.num_heads
+  query = (d * q + q + q * n * (h + r)) if q else d * n * (h + r)  # (down, norm,) content+rope
+  return query + d * kv + kv + d * r + 2 * kv * n * h + n * h * d  # kv down+norm, k_rope, up, out
+
+
+def _mlp_params(d: int, width: int, activation: str, bias: bool) -> int:
+  inputs = 2 if activation in GATED_MLPS else 1
+  return inputs * d * width + width * d + ((inputs * width + d) if bias else 0)
+
+
+def _is_moe_layer(c, layer: int) -> bool:
+  every = getattr(c, "moe_every", 1)
+  return (c.mlp == "moe" and layer % every == every - 1
+          and layer >= getattr(c, "moe_first_dense", 0))
+
+
+def _moe_block(c, layer: int, active: bool) -> int:
+  """One block's attention + MLP (or MoE) + norms; `active`: only the top-k routed experts."""
+  s = _shape(c)
+  if getattr(c, "attention", "mha") == "mla":
+    attn = _mla_params(c)
+  else:
+    weights, biases = _block_matrices(dict(s, F=0, mlp="gelu"))
+    attn = weights + biases - (s["d"] if s["bias"] else 0)  # minus the MLP output bias F=0 leaves
+    attn += 2 * s["H"] if s["qk_norm"] else 0
+  act = c.moe_activation if c.mlp == "moe" else c.mlp
+  if _is_moe_layer(c, layer):
+    width = c.moe_expert_dim or c.mlp_dim
+    routed = c.moe_top_k if active else c.moe_num_experts
+    mlp = (s["d"] * c.moe_num_experts + c.moe_num_experts  # router and balance bias
+           + routed * _mlp_params(s["d"], width, act, False)
+           + (_mlp_params(s["d"], c.moe_num_shared * width, act, False)
+              if c.moe_num_shared else 0))
+  else:
+    mlp = _mlp_params(s["d"], s["F"], act, s["bias"])
+  return attn + mlp + 2 * _norm_params(s)
+
+
+def _moe_mla_counts(config, active: bool = False) -> ParamCounts:
+  """GPTs with MoE layers and/or MLA: per-layer sums (dense first layers, moe_every)."""
+  s = _shape(config)
+  non_embedding = sum(_moe_block(config, i, active) for i in range(s["L"])) + _norm_params(s)
+  embedding = s["V"] * s["d"] * (1 if s["tied"] else 2)
+  if s["position"] == "learned":
+    embedding += s["max_len"] * s["d"]
+  elif s["position"] == "t5":
+    embedding += s["buckets"] * s["nq"]
+  return ParamCounts(embedding + non_embedding, embedding, non_embedding)
+
+
+def active_param_counts(config) -> ParamCounts:
+  """Parameters one token uses: a MoE layer counts only its top-k routed experts (+ shared)."""
+  if type(config).__name__ == "GPTConfig" and getattr(config, "mlp", "") == "moe":
+    return _moe_mla_counts(config, active=True)
+  return param_counts(config)
+
+
+def mtp_params(config, depth: int) -> int:
+  """DeepSeek-V3 multi-token prediction modules (lm/objectives_mtp.py): per depth two
+  RMSNorms, a 2d -> d projection, one block like the last layer, a final norm; the
+  embedding and output head are shared with the main model."""
+  s = _shape(config)
+  block = (_moe_block(config, s["L"] - 1, False) if getattr(config, "mlp", "") == "moe"
+           or getattr(config, "attention", "mha") == "mla" else
+           sum(_block_matrices(s)) + 2 * _norm_params(s) + (2 * s["H"] if s["qk_norm"] else 0))
+  return depth * (2 * s["d"] + 2 * s["d"] * s["d"] + block + _norm_params(s))
 
 
 _COUNTERS = {"GPTConfig": _gpt_counts, "BertConfig": _bert_counts,
