@@ -40,45 +40,47 @@ def _backbone_config(init_from: str, family: str) -> dict:
   return (shakespeare_char if family == "gpt" else bert_shakespeare).get_config().to_dict()
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = base.parse_arg(arg, smoke=False, method="lora", init_from="", family="gpt",
-                        pooling="", steps=600)
-  pretrained = _backbone_config(args.init_from, args.family)
+def adapted(pretrained: dict, method: str, init_from: str, steps: int, smoke: bool,
+            head: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+  """The sections every adaptation config shares: the pretrained model with the method's
+  PEFT options, its trainable patterns (plus a task `head`), optimizer and schedule."""
   family = pretrained["family"]
-  m = get_method(args.method, family)
-
+  m = get_method(method, family)
   c = ml_collections.ConfigDict()
   c.kind = "train_lm"
   c.family = family
-  c.task = "classify"
-  c.init_from = args.init_from
-  head = ("^head/",)
-  c.trainable = tuple(head if args.method == "head" else m.trainable + head if m.trainable
-                     else ())
-  c.task_config = ml_collections.ConfigDict(dict(num_speakers=8, val_fraction=0.2,
-                                                 pooling=args.pooling, split_seed=0))
+  c.init_from = init_from
+  c.trainable = tuple(head if method == "head" else m.trainable + head if m.trainable else ())
   c.data = ml_collections.ConfigDict(pretrained["data"])
-  # A soft prompt takes the first prompt_len positions of the model's position table.
-  c.data.seq_len = min(SEQ_LEN[family],
-                       pretrained["model"]["max_len"] - m.model.get("prompt_len", 0))
-  c.data.batch_size = 32
-  c.data.eval_batch_size = 128
-  model = {**{k: v for k, v in vars(PEFTFields()).items()}, **pretrained["model"], **m.model}
+  model = {**vars(PEFTFields()), **pretrained["model"], **m.model}
   model["dropout"] = 0.0 if family == "gpt" else model.get("dropout", 0.1)
   c.model = ml_collections.ConfigDict(model)
   c.optim = base.optim(lr=m.lr, min_lr=m.lr / 10, warmup_steps=50, weight_decay=0.0)
   c.train = ml_collections.ConfigDict(dict(
-      num_steps=args.steps, log_every=50, eval_every=200, checkpoint_every=args.steps,
+      num_steps=steps, log_every=50, eval_every=200, checkpoint_every=steps,
       keep_checkpoints=1, steps_per_call=10, grad_accum_steps=1, best_metric="",
       best_mode="min", keep_best=1, seed=0))
   c.sample = ml_collections.ConfigDict(pretrained.get("sample", {}))
   c.sharding = base.sharding()
-  if args.smoke:
-    c.data.batch_size = 8
-    c.data.eval_batch_size = 64
+  if smoke:
     c.optim.warmup_steps = 2
     c.train.num_steps = 20
     c.train.log_every = 10
     c.train.eval_every = 10
     c.train.checkpoint_every = 10
+  return c
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = base.parse_arg(arg, smoke=False, method="lora", init_from="", family="gpt",
+                        pooling="", steps=600)
+  pretrained = _backbone_config(args.init_from, args.family)
+  c = adapted(pretrained, args.method, args.init_from, args.steps, args.smoke, head=("^head/",))
+  c.task = "classify"
+  c.task_config = ml_collections.ConfigDict(dict(num_speakers=8, val_fraction=0.2,
+                                                 pooling=args.pooling, split_seed=0))
+  # A soft prompt takes the first prompt_len positions of the model's position table.
+  c.data.seq_len = min(SEQ_LEN[c.family], c.model.max_len - c.model.prompt_len)
+  c.data.batch_size = 8 if args.smoke else 32
+  c.data.eval_batch_size = 64 if args.smoke else 128
   return c

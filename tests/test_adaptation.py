@@ -124,6 +124,31 @@ def test_prefix_changes_every_query_and_is_visible_under_padding_in_bert():
   assert np.isfinite(np.asarray(hidden)).all()
 
 
+BERT_BASE = BertConfig(vocab_size=40, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=32,
+                       max_len=16, dropout=0.0)
+
+
+@pytest.mark.parametrize("option", [dict(lora_rank=2), dict(adapter_dim=3)])
+@pytest.mark.parametrize("norm_position", ["post", "pre"])
+def test_bert_with_lora_or_adapters_starts_at_the_base_encoder(option, norm_position):
+  base_config = dataclasses.replace(BERT_BASE, norm_position=norm_position)
+  tokens = jax.random.randint(jax.random.key(2), (2, 10), 0, 40)
+
+  def encode(config, seed=0):
+    model = Bert(config)
+    params = nn.meta.unbox(model.init(jax.random.key(seed), tokens)["params"])
+    return model, params
+
+  base_model, base_params = encode(base_config)
+  model, params = encode(dataclasses.replace(base_config, **option), seed=1)
+  params = _with_base(params, base_params)
+  assert set(pretrained.flatten(params)) > set(pretrained.flatten(base_params))
+  ref = base_model.apply({"params": base_params}, tokens, method=Bert.encode)[0]
+  ours = model.apply({"params": params}, tokens, method=Bert.encode)[0]
+  tolerance = 0 if "lora_rank" in option else 1e-3 * np.abs(np.asarray(ref)).max()
+  assert np.abs(np.asarray(ours) - np.asarray(ref)).max() <= tolerance
+
+
 # --- trainable fractions against closed forms ----------------------------------------------
 
 def _default_gpt():
@@ -227,3 +252,19 @@ def test_a_pattern_that_matches_nothing_is_a_one_line_error(gpt_base, tmp_path):
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert out.returncode == 2
   assert "matches no parameter" in out.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_every_method_runs_on_the_encoder_family_and_the_table_is_written(tmp_path):
+  bert = str(tmp_path / "bert")
+  _run("--config=configs/bert_shakespeare.py:smoke", f"--workdir={bert}",
+       "--config.train.num_steps=10", "--config.train.eval_every=10",
+       "--config.train.checkpoint_every=10")
+  table = str(tmp_path / "table")
+  _run("--config=configs/adaptation_table.py:smoke", f"--workdir={table}",
+       f"--config.init_from={bert}")
+  rows = json.load(open(os.path.join(table, "table.json")))["rows"]
+  methods = {r["method"] for r in rows}
+  assert {"full", "lora", "prefix", "adapters", "bitfit", "head", "linear probe (cls)",
+          "linear probe (mean)"} <= methods
+  assert "prompt" not in methods  # soft prompts are decoder-only

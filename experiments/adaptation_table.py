@@ -1,0 +1,114 @@
+"""The adaptation table: every method on the same pretrained checkpoint and task.
+
+  python -m experiments.run --config=configs/adaptation_table.py --workdir=/tmp/adapt
+
+For each method of lm/adapt/methods.py, a fine-tuning run of configs/adapt_speakers.py
+in WORKDIR/<method> (speaker classification from the frozen, or for `full` the whole,
+pretrained model), then linear probes on the frozen features for each pooling
+(lm/eval/probing.py). Without `init_from` the default char GPT is pretrained first in
+WORKDIR/base. Writes WORKDIR/table.md and table.json: method, trainable parameters,
+fraction, validation accuracy, wall time.
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+from lm import config as config_lib
+from lm.errors import UserError
+
+METHOD_ORDER = ("full", "lora", "prefix", "prompt", "adapters", "bitfit", "head")
+
+
+@dataclasses.dataclass(frozen=True)
+class TableConfig:
+  init_from: str = ""  # a pretrained gpt or bert workdir; "" = pretrain the default GPT
+  methods: tuple[str, ...] = METHOD_ORDER
+  steps: int = 600  # fine-tuning steps per method
+  probes: bool = True  # also linear probes on frozen features
+  smoke: bool = False  # tiny runs (tests)
+  kind: str = "adaptation_table"
+
+  def __post_init__(self):
+    from lm.adapt.methods import METHODS
+    unknown = sorted(set(self.methods) - set(METHODS))
+    if unknown or not self.methods:
+      raise UserError(f"unknown adaptation methods {unknown}; known: {sorted(METHODS)}")
+    if self.steps <= 0:
+      raise UserError(f"steps must be positive, got {self.steps}")
+
+
+def parse_config(values: dict) -> TableConfig:
+  values = dict(values)
+  values["methods"] = tuple(values.get("methods", METHOD_ORDER))
+  return config_lib._build(TableConfig, values, "adaptation_table")
+
+
+def _pretrain(workdir: str, smoke: bool) -> str:
+  from configs.shakespeare_char import get_config
+  from lm.train.trainer import train
+  base = os.path.join(workdir, "base")
+  train(config_lib.from_dict(get_config("smoke" if smoke else None).to_dict()), base)
+  return base
+
+
+def _row(name: str, trainable: int, fraction: float, accuracy: float, seconds: float) -> dict:
+  return {"method": name, "trainable_params": trainable, "trainable_fraction": fraction,
+          "val_accuracy": accuracy, "train_time_s": seconds}
+
+
+def markdown(rows: list[dict], base: str, family: str) -> str:
+  lines = [f"Speaker classification (8 speakers, chance 0.125) from `{base}` ({family}).", "",
+           "| method | trainable params | fraction | val accuracy | train time (s) |",
+           "|---|---:|---:|---:|---:|"]
+  for r in rows:
+    lines.append(f"| {r['method']} | {r['trainable_params']:,} | "
+                 f"{100 * r['trainable_fraction']:.3f}% | {r['val_accuracy']:.3f} | "
+                 f"{r['train_time_s']:.0f} |")
+  return "\n".join(lines) + "\n"
+
+
+def run(config: TableConfig, workdir: str) -> list[dict]:
+  from configs.adapt_speakers import get_config as adapt_config
+  from lm.adapt.methods import method as get_method
+  from lm.train.trainer import train
+  os.makedirs(workdir, exist_ok=True)
+  base = config.init_from or _pretrain(workdir, config.smoke)
+  with open(os.path.join(base, "config.json")) as f:
+    family = json.load(f)["family"]
+  rows = []
+  for name in config.methods:
+    try:
+      get_method(name, family)
+    except UserError as e:
+      print(f"skipping {name}: {e}")
+      continue
+    arg = f"method={name},init_from={base},steps={config.steps}" + (",smoke" if config.smoke
+                                                                       else "")
+    summary = train(config_lib.from_dict(adapt_config(arg).to_dict()),
+                    os.path.join(workdir, name))
+    rows.append(_row(name, summary["trainable_params"], summary["trainable_fraction"],
+                     summary["val_accuracy"], summary["wall_time_s"]))
+  if config.probes:
+    from lm.eval.probing import probe_workdir
+    start = time.time()
+    probes = probe_workdir(base)
+    seconds = (time.time() - start) / 2
+    # The fraction of the full classifier (backbone + head), as the `full` run counts it.
+    full = [r for r in rows if r["method"] == "full"]
+    total = (full[0]["trainable_params"] if full else
+             rows[0]["trainable_params"] / rows[0]["trainable_fraction"] if rows else 0)
+    for pooling in ("last", "cls", "mean"):
+      if pooling in probes:
+        p = probes[pooling]
+        head = p["feature_dim"] * probes["num_classes"] + probes["num_classes"]
+        rows.append(_row(f"linear probe ({pooling})", head, head / total if total else 0.0,
+                         p["accuracy"], seconds))
+  table = markdown(rows, os.path.abspath(base), family)
+  with open(os.path.join(workdir, "table.md"), "w") as f:
+    f.write(table)
+  with open(os.path.join(workdir, "table.json"), "w") as f:
+    json.dump({"base": os.path.abspath(base), "family": family, "rows": rows}, f, indent=2)
+  print(table)
+  return rows
