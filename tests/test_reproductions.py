@@ -61,3 +61,15 @@ def test_kv_cache_decoding_is_identical_and_cheaper():
   # one cached token vs a forward over the full 32-token buffer: about 32x the FLOPs
   assert 16 < r["flops_ratio"] < 40
   assert np.isfinite(r["speedup"])
+
+
+def test_the_pending_peft_claim_reads_an_adaptation_table():
+  # The row format experiments/adaptation_table.py writes to table.json.
+  claim = next(c for c in CLAIMS if c.key == "peft_fractions")
+  table = [{"rows": [{"method": "full", "trainable_fraction": 1.0, "val_accuracy": 0.5},
+                     {"method": "lora", "trainable_fraction": 0.004, "val_accuracy": 0.4},
+                     {"method": "bitfit", "trainable_fraction": 0.002, "val_accuracy": 0.3}]}]
+  assert "lora 0.400%" in claim.measured(table) and "bitfit 0.200%" in claim.measured(table)
+  assert claim.verdict(table) == "reproduced"
+  table[0]["rows"][1]["trainable_fraction"] = 0.05
+  assert claim.verdict(table) == "partly reproduced"
