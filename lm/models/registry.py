@@ -4,6 +4,7 @@ New families register here; the trainer and the runner look models up by name.
 """
 
 from lm.models.bert import Bert, BertConfig
+from lm.models.clip import CLIP, CLIPConfig
 from lm.models.encdec import EncDecConfig, EncoderDecoder
 from lm.models.gpt import GPT, GPTConfig
 from lm.models.ngram import NGramConfig, NGramLM
@@ -17,6 +18,7 @@ FAMILIES = {
     "ngram": (NGramConfig, NGramLM),  # counts, not a flax module: fitted by experiments/ngram.py
     "recurrent": (RecurrentConfig, RecurrentLM),  # RNN/LSTM/GRU; train with task "tbptt_lm"
     "ssm": (SSMConfig, SSMLM),  # gated linear recurrence (Hawk / RG-LRU); task "causal_lm"
+    "clip": (CLIPConfig, CLIP),  # ViT + text tower, contrastive; task "clip"
 }
 
 
