@@ -570,6 +570,236 @@ def nb05():
   ]
 
 
+@register("06_deepseek_ideas.ipynb")
+def nb06():
+  return [
+      md("""
+      # 06 · DeepSeek ideas: MoE balancing, multi-token prediction, MLA, GRPO
+
+      Four mechanisms of DeepSeek-V2/V3 and DeepSeekMath as they are implemented in `lm`
+      (`lm/layers/moe.py`, `lm/objectives_mtp.py`, `lm/layers/mla.py`,
+      `lm/post_training/`). Training-scale numbers come from the committed results of
+      `python -m experiments.deepseek_table` and the GRPO run (`docs/deepseek.md`,
+      `docs/post_training.md`); on an accelerator the notebook reruns GRPO itself.
+      """),
+      setup(),
+      md("""
+      ## Auxiliary-loss-free load balancing
+      A router with a bias towards a few experts (inputs that share a direction) sends most
+      tokens to them. DeepSeek-V3 adds a per-expert bias b to the *selection* only and nudges
+      it after every step: b_e += γ·sign(mean load − load_e) (`lm.tasks.mtp_lm.update_balance_bias`).
+      Here the router is frozen, so only the bias moves.
+      """),
+      code("""
+      import json
+      import flax.linen as nn
+      import jax.numpy as jnp
+      import matplotlib.pyplot as plt
+      import numpy as np
+      from lm.layers.moe import STATS, MoE, MoEConfig
+      from lm.tasks.mtp_lm import update_balance_bias
+      key = jax.random.key(0)
+      x = jax.random.normal(key, (8, 64, 32)) + 2.0 * jax.random.normal(jax.random.key(1), (32,))
+      moe = MoE(MoEConfig(num_experts=8, top_k=2, expert_dim=64, router='sigmoid'))
+      params = {'moe': nn.meta.unbox(jax.jit(moe.init)(key, x)['params'])}
+
+      @jax.jit
+      def loads(params):
+          _, stats = moe.apply({'params': params['moe']}, x, mutable=[STATS])
+          return stats[STATS]['load'][0] * 8  # share of assignments x experts: 1 = balanced
+
+      history = []
+      for step in range(100 if SIZE == 'smoke' else 400):
+          load = loads(params)
+          history.append(np.asarray(load))
+          params = update_balance_bias(params, {'moe': load}, rate=0.01)
+      history = np.array(history)
+      fig, ax = plt.subplots(1, 2, figsize=(11, 3))
+      ax[0].plot(history.max(1) - 1); ax[0].set_xlabel('bias updates'); ax[0].set_ylabel('max violation')
+      ax[1].bar(np.arange(8) - 0.2, history[0], 0.4, label='before'); ax[1].bar(np.arange(8) + 0.2, history[-1], 0.4, label='after')
+      ax[1].axhline(1, c='gray', ls='--'); ax[1].set_xlabel('expert'); ax[1].set_ylabel('load'); ax[1].legend()
+      plt.show()
+      with open('docs/deepseek/results_seed0.json') as f:
+          table = json.load(f)
+      for row in ('moe_none', 'moe_aux', 'moe_aux_free'):
+          r = table[row]
+          print(f"{row:>13}: val loss {r['val_loss']:.3f}, final max violation {r['max_violation']:.2f}  (400 training steps)")
+      """),
+      md("""
+      ## Multi-token prediction
+      Depth k at position i reads the embedding of token i+k and predicts token i+k+1
+      (`lm.objectives_mtp.mtp_inputs_and_targets`), so the extra heads see the causal chain.
+      """),
+      code("""
+      from lm.objectives_mtp import mtp_inputs_and_targets
+      text = 'the mouse ate'
+      ids = jnp.array([[ord(c) for c in text]])
+      inputs, targets = ids[:, :-1], ids[:, 1:]
+      for k in (0, 1, 2):
+          tok, tgt, w = mtp_inputs_and_targets(inputs, targets, None, k) if k else (inputs, targets, None)
+          # depth k at position i: the trunk saw text[:i+1], the chain embedded k more tokens
+          shown = [f'{text[:i + 1]!r}+{text[i + 1:i + k + 1]!r} -> {chr(tgt[0, i])!r}' for i in range(3)]
+          print(f'depth {k}: ' + ';  '.join(shown))
+      print(f"main-head val loss: {table['dense']['val_loss']:.3f} without MTP, "
+            f"{table['dense_mtp']['val_loss']:.3f} with D=1 (400 steps, one seed)")
+      """),
+      md("""
+      ## Multi-head latent attention: the cache
+      MLA caches a d_c-dim latent and one shared RoPE key per token and layer instead of
+      2·K·H numbers of keys and values. The byte counts below come from
+      `kv_cache_bytes_per_token` and, independently, from the caches the GPT allocates.
+      """),
+      code("""
+      from lm.layers.mla import kv_cache_bytes_per_token
+      from lm.models.gpt import GPT, GPTConfig
+      variants = {'MHA (4 heads)': dict(), 'GQA (2 KV heads)': dict(num_kv_heads=2),
+                  'MQA (1 KV head)': dict(num_kv_heads=1),
+                  'MLA (d_c 32 + RoPE 16)': dict(attention='mla', position='none')}
+      sizes = {}
+      for name, extra in variants.items():
+          config = GPTConfig(vocab_size=65, max_len=64, **extra)
+          caches = jax.eval_shape(lambda: GPT(config).init_cache(1, 1))
+          allocated = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(caches))
+          sizes[name] = kv_cache_bytes_per_token(config)
+          assert allocated == sizes[name], (name, allocated)
+      plt.figure(figsize=(6, 2.5)); plt.barh(list(sizes), list(sizes.values()))
+      plt.xlabel('KV cache bytes per token (f32, 4 layers)'); plt.show()
+      print(f"MLA val loss {table['mla']['val_loss']:.3f} vs MHA {table['dense']['val_loss']:.3f} (400 steps)")
+      """),
+      md("""
+      ## GRPO on addition
+      Rewards are rules, not labels: 1 for the right sum, 0.1 for the `<answer>…</answer>`
+      format. Each prompt gets a group of samples; a sample's advantage is its reward minus
+      the group mean, over the group std (`lm.post_training.losses.group_advantages`).
+      """),
+      code("""
+      from lm.data.addition import answer_correct, format_ok, prompt_text
+      from lm.post_training.losses import group_advantages
+      a, b = 47, 38
+      group = ['<answer>85</answer>', '<answer>75</answer>', '85', '<answer>85</answer>']
+      rewards = np.array([[1.0 * answer_correct(c, a, b) + 0.1 * format_ok(c, True) for c in group]])
+      print(prompt_text(a, b), '| rewards', rewards[0], '| advantages', np.round(np.asarray(group_advantages(rewards))[0], 2))
+      if SIZE == 'accelerator':  # SFT warm start, then GRPO, with the documented commands
+          run = lambda *args: subprocess.run([sys.executable, '-m', 'experiments.run', *args], check=True)
+          run('--config=configs/sft_addition.py:digits=2,steps=500', '--workdir=/tmp/nb_sft')
+          run('--config=configs/grpo_addition.py', '--config.init_from=/tmp/nb_sft', '--workdir=/tmp/nb_grpo')
+          metrics_path = '/tmp/nb_grpo/metrics.jsonl'
+      else:
+          metrics_path = 'experiments/reproduce/results/grpo_metrics.jsonl'  # a 2-core CPU run
+      rows = [json.loads(line) for line in open(metrics_path)]
+      steps = [r['step'] for r in rows if 'reward' in r]
+      reward = np.convolve([r['reward'] for r in rows if 'reward' in r], np.ones(10) / 10, mode='valid')
+      evals = [r for r in rows if 'heldout_accuracy' in r]
+      fig, ax = plt.subplots(1, 2, figsize=(11, 3))
+      ax[0].plot(steps[9:], reward); ax[0].set_xlabel('GRPO step'); ax[0].set_ylabel('rollout reward (mean of 10)')
+      ax[1].plot([r['step'] for r in evals], [r['heldout_accuracy'] for r in evals], 'o-')
+      ax[1].set_xlabel('GRPO step'); ax[1].set_ylabel('held-out greedy accuracy'); plt.show()
+      """),
+  ]
+
+
+@register("07_sharding.ipynb")
+def nb07():
+  pre_jax = ("# 8 CPU devices when there is no accelerator (set before jax is imported).\n"
+             "if 'jax' not in sys.modules:\n"
+             "    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +\n"
+             "                               ' --xla_force_host_platform_device_count=8').strip()\n")
+  return [
+      md("""
+      # 07 · Sharding: meshes, logical axis rules, and where each parameter lives
+
+      Models in `lm` only *name* their axes (`vocab`, `embed`, `heads`, `mlp`, ...); one
+      table of rules in `lm/sharding.py` maps names to mesh axes (`data`, `fsdp`, `tensor`,
+      `expert`). Changing the preset changes the layout, never the model. On a CPU runtime
+      this notebook fakes 8 devices; on a TPU it uses the cores (with fewer than 8
+      accelerator devices it lays out over 8 CPU devices).
+      """),
+      setup(pre_jax),
+      code("""
+      import flax.linen as nn
+      import jax.numpy as jnp
+      import matplotlib.pyplot as plt
+      import numpy as np
+      from IPython.display import Markdown, display
+      from matplotlib.patches import Rectangle
+      from lm import sharding
+      from lm.models.gpt import GPT, GPTConfig
+      from lm.tasks.causal_lm import init_params
+      devices = jax.devices() if len(jax.devices()) >= 8 else jax.devices('cpu')
+      devices = devices[:8]
+      config = GPTConfig(vocab_size=64, num_layers=2, num_heads=4, embed_dim=64, mlp_dim=256, max_len=32)
+      model = GPT(config)
+      boxed = jax.eval_shape(lambda: init_params(model, 32, 0))
+      logical, abstract = nn.get_partition_spec(boxed), nn.meta.unbox(boxed)
+      layouts = {'dp': sharding.MeshShape(data=-1), 'fsdp': sharding.MeshShape(data=1, fsdp=-1),
+                 'fsdp_tp': sharding.MeshShape(data=1, fsdp=4, tensor=2)}
+      meshes = {name: sharding.make_mesh(shape, devices) for name, shape in layouts.items()}
+      rules = {name: sharding.make_rules(name) for name in layouts}
+      shardings = {name: sharding.tree_shardings(logical, abstract, rules[name], meshes[name])
+                   for name in layouts}
+      for name, mesh in meshes.items():
+          print(f'{name:8} mesh {dict(mesh.shape)}  rules {rules[name]}')
+      """),
+      md("## Every parameter: its logical axes and its partition spec under each preset"),
+      code("""
+      flat_logical = jax.tree_util.tree_leaves_with_path(logical, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+      flat_abstract = jax.tree.leaves(abstract)
+      flat = {name: jax.tree.leaves(shardings[name]) for name in layouts}
+      table = ['| parameter | shape | logical axes | ' + ' | '.join(layouts) + ' |', '|' + ' --- |' * (3 + len(layouts))]
+      for i, ((path, spec), leaf) in enumerate(zip(flat_logical, flat_abstract)):
+          cells = [jax.tree_util.keystr(path), str(leaf.shape), str(tuple(spec))]
+          cells += [str(tuple(flat[name][i].spec)) for name in layouts]
+          table.append('| ' + ' | '.join(cells) + ' |')
+      display(Markdown('\\n'.join(table)))
+      """),
+      md("## Memory per device: FSDP and tensor parallelism split what DP replicates"),
+      code("""
+      per_device = {name: sum(np.prod(s.shard_shape(a.shape)) * a.dtype.itemsize
+                              for s, a in zip(flat[name], flat_abstract)) for name in layouts}
+      total = sum(a.size * a.dtype.itemsize for a in flat_abstract)
+      plt.figure(figsize=(5, 2.5)); plt.bar(list(per_device), [v / 1024 for v in per_device.values()])
+      plt.axhline(total / 1024 / 8, ls='--', c='gray', label='total / 8'); plt.legend()
+      plt.ylabel('parameter KiB per device'); plt.show()
+      """),
+      md("""
+      ## Where the shards of two matrices live (fsdp_tp: 4-way fsdp x 2-way tensor)
+      The parameters are created directly in their layout (`jax.jit(..., out_shardings=...)`);
+      each rectangle is one device's shard, labelled with the device id.
+      """),
+      code("""
+      layout = 'fsdp_tp'
+      params = jax.jit(lambda: nn.meta.unbox(init_params(model, 32, 0)), out_shardings=shardings[layout])()
+      named = {jax.tree_util.keystr(p): a for p, a in jax.tree_util.tree_leaves_with_path(params)}
+      picks = [k for k in named if 'embed' in k and named[k].ndim == 2][:1]
+      picks += [k for k in named if 'mlp' in k and named[k].ndim == 2][:1]
+      fig, axes = plt.subplots(1, len(picks), figsize=(6 * len(picks), 3.5), squeeze=False)
+      colors = plt.cm.tab10(np.arange(10))
+      for ax, key in zip(axes[0], picks):
+          arr, blocks = named[key], {}
+          for shard in arr.addressable_shards:  # replicated blocks sit on several devices
+              block = tuple(s.indices(n)[:2] for s, n in zip(shard.index, arr.shape))
+              blocks.setdefault(block, []).append(shard.device.id)
+          for (rows, cols), ids in blocks.items():
+              ax.add_patch(Rectangle((cols[0], rows[0]), cols[1] - cols[0], rows[1] - rows[0],
+                                     alpha=0.35, color=colors[ids[0] % 10], ec='k'))
+              ax.text((cols[0] + cols[1]) / 2, (rows[0] + rows[1]) / 2, ','.join(map(str, ids)),
+                      ha='center', va='center')
+          ax.set_xlim(0, arr.shape[1]); ax.set_ylim(arr.shape[0], 0)
+          ax.set_title(f'{key} {arr.shape}\\n{arr.sharding.spec}', fontsize=8)
+      plt.show()
+      """),
+      md("The layout changes nothing numerically: the sharded forward pass equals one device's."),
+      code("""
+      x = jnp.asarray(np.random.default_rng(0).integers(0, 64, (8, 32)), jnp.int32)
+      with jax.set_mesh(meshes[layout]), nn.logical_axis_rules(sharding.flax_rules(rules[layout])):
+          sharded = jax.jit(lambda p, x: model.apply({'params': p}, x)[0])(params, x)
+      single = jax.device_get(params)
+      reference = model.apply({'params': single}, np.asarray(x))[0]
+      print('max |sharded - single device| =', float(np.max(np.abs(np.asarray(sharded) - np.asarray(reference)))))
+      """),
+  ]
+
+
 def build_all() -> dict:
   return {name: notebook(make()) for name, make in NOTEBOOKS.items()}
 
