@@ -19,7 +19,8 @@ paper's number, the command that writes our results file, our number read from t
 and the hardware it ran on. "pending" means the results file does not exist yet. Our runs
 are small (characters of tiny Shakespeare, CPU minutes), so most checks are of direction
 and mechanism, not of the papers' absolute numbers; the rule under each verdict says what
-was compared.
+was compared. "2-core CPU" rows ran on this project's development machine while other
+jobs shared it, so their absolute times are noisy; ratios and losses are not.
 
 | claim | paper | ours | verdict |
 | --- | --- | --- | --- |
