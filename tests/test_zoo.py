@@ -125,7 +125,8 @@ def _same_tree(a, b):
 
 @pytest.mark.parametrize("name, overrides", [
     ("gpt3_125m", {}),  # alternating dense / local layers
-    ("deepseek_v3", {"num_layers": 7, "moe_num_experts": 16}),  # dense first 3, MoE, MTP
+    pytest.param("deepseek_v3", {"num_layers": 7, "moe_num_experts": 16},  # dense 3, MoE, MTP
+                 marks=pytest.mark.slow),
 ])
 def test_layer_deduplicated_tree_equals_the_full_trace(name, overrides):
   config = _config(name)

@@ -293,7 +293,10 @@ class GPT(nn.Module):
     if c.tie_embeddings:
       logits_BTV = embed.attend(x_BTD)
     else:
-      logits_BTV = nn.DenseGeneral(c.vocab_size, use_bias=False, name="lm_head")(x_BTD)
+      # Flax's default init, with logical names so the sharding rules can split it.
+      logits_BTV = nn.DenseGeneral(
+          c.vocab_size, use_bias=False, name="lm_head",
+          kernel_init=init.with_names(nn.initializers.lecun_normal(), ("embed", "vocab")))(x_BTD)
     logits_BTV = nn.with_logical_constraint(logits_BTV.astype(jnp.float32),
                                             ("batch", "length", "act_vocab"))
     return logits_BTV, (new_caches if caches is not None else None)
