@@ -46,6 +46,8 @@ def adapted(pretrained: dict, method: str, init_from: str, steps: int, smoke: bo
   PEFT options, its trainable patterns (plus a task `head`), optimizer and schedule."""
   family = pretrained["family"]
   m = get_method(method, family)
+  if method == "head" and not head:
+    raise ValueError("method=head needs a task head (the classification task has one)")
   c = ml_collections.ConfigDict()
   c.kind = "train_lm"
   c.family = family

@@ -9,6 +9,9 @@ first in WORKDIR/base. Writes WORKDIR/table.md (method, trainable params, fracti
 val accuracy, train time); the measured table is in docs/adaptation.md. Expected: every
 lightweight method under 1% of the parameters and well above chance (0.125).
 
+--config.task=addition runs the generation task instead (3-digit addition from a 2-digit
+SFT workdir given as init_from; greedy exact match; no "head" row, no probes).
+
 Args: smoke (tiny pretraining and 20-step fine-tunes), steps=N (per method).
 """
 
@@ -22,6 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.kind = "adaptation_table"
   c.init_from = ""
+  c.task = "speakers"  # or addition (needs init_from: configs/sft_addition.py:digits=2)
   c.methods = ("full", "lora", "prefix", "prompt", "adapters", "bitfit", "head")
   c.steps = args.steps
   c.probes = True

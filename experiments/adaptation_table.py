@@ -19,11 +19,15 @@ from lm import config as config_lib
 from lm.errors import UserError
 
 METHOD_ORDER = ("full", "lora", "prefix", "prompt", "adapters", "bitfit", "head")
+# task -> (config module of one adaptation run, the summary metric the table reports)
+TASKS = {"speakers": ("configs.adapt_speakers", "val_accuracy"),
+         "addition": ("configs.adapt_addition", "greedy_accuracy")}
 
 
 @dataclasses.dataclass(frozen=True)
 class TableConfig:
   init_from: str = ""  # a pretrained gpt or bert workdir; "" = pretrain the default GPT
+  task: str = "speakers"  # speakers (classification) | addition (generation, 2 -> 3 digits)
   methods: tuple[str, ...] = METHOD_ORDER
   steps: int = 600  # fine-tuning steps per method
   probes: bool = True  # also linear probes on frozen features
@@ -35,6 +39,11 @@ class TableConfig:
     unknown = sorted(set(self.methods) - set(METHODS))
     if unknown or not self.methods:
       raise UserError(f"unknown adaptation methods {unknown}; known: {sorted(METHODS)}")
+    if self.task not in TASKS:
+      raise UserError(f"task={self.task!r}; choose one of {sorted(TASKS)}")
+    if self.task == "addition" and not self.init_from:
+      raise UserError("task=addition needs init_from: an addition SFT workdir "
+                      "(configs/sft_addition.py:digits=2)")
     if self.steps <= 0:
       raise UserError(f"steps must be positive, got {self.steps}")
 
@@ -58,9 +67,12 @@ def _row(name: str, trainable: int, fraction: float, accuracy: float, seconds: f
           "val_accuracy": accuracy, "train_time_s": seconds}
 
 
-def markdown(rows: list[dict], base: str, family: str) -> str:
-  lines = [f"Speaker classification (8 speakers, chance 0.125) from `{base}` ({family}).", "",
-           "| method | trainable params | fraction | val accuracy | train time (s) |",
+def markdown(rows: list[dict], base: str, family: str, task: str) -> str:
+  title = {"speakers": "Speaker classification (8 speakers, chance 0.125; val accuracy)",
+           "addition": "3-digit addition from a 2-digit model (greedy exact match, 512 "
+                       "held-out problems)"}[task]
+  lines = [f"{title}, from `{base}` ({family}).", "",
+           "| method | trainable params | fraction | accuracy | train time (s) |",
            "|---|---:|---:|---:|---:|"]
   for r in rows:
     lines.append(f"| {r['method']} | {r['trainable_params']:,} | "
@@ -70,8 +82,11 @@ def markdown(rows: list[dict], base: str, family: str) -> str:
 
 
 def run(config: TableConfig, workdir: str) -> list[dict]:
-  from configs.adapt_speakers import get_config as adapt_config
+  import importlib
+
   from lm.adapt.methods import method as get_method
+  module, metric = TASKS[config.task]
+  adapt_config = importlib.import_module(module).get_config
   from lm.train.trainer import train
   os.makedirs(workdir, exist_ok=True)
   base = config.init_from or _pretrain(workdir, config.smoke)
@@ -79,6 +94,8 @@ def run(config: TableConfig, workdir: str) -> list[dict]:
     family = json.load(f)["family"]
   rows = []
   for name in config.methods:
+    if name == "head" and config.task != "speakers":
+      continue  # generation has no task head: a frozen LM would not change
     try:
       get_method(name, family)
     except UserError as e:
@@ -89,8 +106,8 @@ def run(config: TableConfig, workdir: str) -> list[dict]:
     summary = train(config_lib.from_dict(adapt_config(arg).to_dict()),
                     os.path.join(workdir, name))
     rows.append(_row(name, summary["trainable_params"], summary["trainable_fraction"],
-                     summary["val_accuracy"], summary["wall_time_s"]))
-  if config.probes:
+                     summary[metric], summary["wall_time_s"]))
+  if config.probes and config.task == "speakers":
     from lm.eval.probing import probe_workdir
     start = time.time()
     probes = probe_workdir(base)
@@ -105,7 +122,7 @@ def run(config: TableConfig, workdir: str) -> list[dict]:
         head = p["feature_dim"] * probes["num_classes"] + probes["num_classes"]
         rows.append(_row(f"linear probe ({pooling})", head, head / total if total else 0.0,
                          p["accuracy"], seconds))
-  table = markdown(rows, os.path.abspath(base), family)
+  table = markdown(rows, os.path.abspath(base), family, config.task)
   with open(os.path.join(workdir, "table.md"), "w") as f:
     f.write(table)
   with open(os.path.join(workdir, "table.json"), "w") as f:
