@@ -135,8 +135,9 @@ def _measure(run_dir: str, s: StudyConfig, digits, card, email, train_ids_text, 
   rows = []
   for c in digits + [card]:
     e = mem.exposure(model, params, tok, c)
-    extracted, _ = mem.greedy_extracts(model, params, tok, c.prefix, c.rendered)
-    rows.append({"canary": c.name, "repeats": c.repeats, **e, "greedy_extracted": extracted})
+    extracted, produced = mem.greedy_extracts(model, params, tok, c.prefix, c.rendered)
+    rows.append({"canary": c.name, "repeats": c.repeats, **e, "greedy_extracted": extracted,
+                 "greedy_output": produced})
   email_extracted, email_out = mem.greedy_extracts(model, params, tok, *email)
   rng = np.random.default_rng(rng_seed)
   length = s.prefix_len + s.suffix_len
