@@ -163,16 +163,17 @@ def eval_examples(seed: int, count: int, split: str, single_fraction: float) -> 
                        single_fraction)
 
 
-def train_dataset(batch_size: int, seed: int, single_fraction: float, text_len: int):
-  """Endless batches {images, tokens} of training scenes; batch i depends on (seed, i) only.
-
-  A grain MapDataset: its iterator is checkpointable (`get_state` / `set_state`).
+def train_dataset(batch_size: int, seed: int, single_fraction: float, text_len: int,
+                  names: tuple[str, str] = ("images", "tokens")):
+  """Endless batches {names[0]: images, names[1]: caption ids} of training scenes; batch i
+  depends on (seed, i) only. A grain MapDataset: its iterator is checkpointable
+  (`get_state` / `set_state`).
   """
   tok = tokenizer()
 
   def batch(_, rng: np.random.Generator):
     ex = make_examples(rng, batch_size, "train", single_fraction)
-    return {"images": ex["images"], "tokens": encode_captions(tok, ex["captions"], text_len)}
+    return {names[0]: ex["images"], names[1]: encode_captions(tok, ex["captions"], text_len)}
 
   return grain.MapDataset.range(_ENDLESS).random_map(batch, seed=seed)
 

@@ -168,7 +168,8 @@ class EncoderDecoder(nn.Module):
 
   def decode(self, decoder_inputs_BT, encoded_BSD, inputs_BS, *,
              caches: list[KVCache] | None = None, cache_index=0, deterministic: bool = True):
-    """Returns (logits_BTV, caches). `inputs_BS` (the source ids) marks encoder padding.
+    """Returns (logits_BTV, caches). `inputs_BS` (the source ids) marks encoder padding
+    (None: no padding).
 
     Decoder positions are `cache_index + 0..T-1`; with caches, queries attend over the
     cache slots written so far (the causal mask hides the rest).
@@ -180,8 +181,11 @@ class EncoderDecoder(nn.Module):
     else:
       key_positions_BC = positions_BT
     self_mask_B1TC = masks_lib.causal_mask(positions_BT, key_positions_BC)
-    cross_mask_B1TS = masks_lib.valid_keys_mask(
-        masks_lib.valid_from_tokens(inputs_BS, self.config.pad_id))
+    if inputs_BS is None:  # encoded positions that are all real, e.g. image patches (vit.py)
+      cross_mask_B1TS = jnp.ones((B, 1, 1, encoded_BSD.shape[1]), bool)
+    else:
+      cross_mask_B1TS = masks_lib.valid_keys_mask(
+          masks_lib.valid_from_tokens(inputs_BS, self.config.pad_id))
     x_BTD = self._embed(decoder_inputs_BT, positions_BT, "decoder", deterministic)
     new_caches = []
     for i, block in enumerate(self.decoder_blocks):

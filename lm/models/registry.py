@@ -10,6 +10,7 @@ from lm.models.gpt import GPT, GPTConfig
 from lm.models.ngram import NGramConfig, NGramLM
 from lm.models.rnn import RecurrentConfig, RecurrentLM
 from lm.models.ssm import SSMLM, SSMConfig
+from lm.models.vit import CaptionConfig, ImageCaptioner
 
 FAMILIES = {
     "gpt": (GPTConfig, GPT),
@@ -19,6 +20,7 @@ FAMILIES = {
     "recurrent": (RecurrentConfig, RecurrentLM),  # RNN/LSTM/GRU; train with task "tbptt_lm"
     "ssm": (SSMConfig, SSMLM),  # gated linear recurrence (Hawk / RG-LRU); task "causal_lm"
     "clip": (CLIPConfig, CLIP),  # ViT + text tower, contrastive; task "clip"
+    "caption": (CaptionConfig, ImageCaptioner),  # ViT encoder + text decoder; "captioning"
 }
 
 

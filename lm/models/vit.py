@@ -14,14 +14,17 @@ or the mean over patch outputs. Pixels come in as 0..255 and are scaled to [-1, 
 import dataclasses
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from lm.layers import init
+from lm.layers.attention import KVCache
 from lm.layers.block import BlockConfig, PreLNBlock
 from lm.layers.mlp import ACTIVATIONS
 from lm.layers.norms import NORMS, make_norm
 from lm.layers.positions import LearnedPositions, sinusoidal_embedding
 from lm.layers.precision import MATMUL_DTYPES
+from lm.models.encdec import EncDecConfig, EncoderDecoder
 
 POOLS = ("cls", "mean")
 VIT_POSITIONS = ("learned", "sinusoidal")
@@ -141,3 +144,86 @@ class ViT(nn.Module):
       pooled_BD = nn.Dense(c.num_classes, name="head", kernel_init=init.zeros(("embed", None)),
                            bias_init=init.zeros((None,)))(pooled_BD)
     return pooled_BD, x_BND
+
+
+# ------------------------------------------------------------------ image captioning
+# The ViT as the encoder of the encoder-decoder family: its patch tokens are what the
+# text decoder of lm/models/encdec.py cross-attends to (every patch is real, so no
+# padding mask). The interface is EncoderDecoder's (`encode`, `decode` with KV caches,
+# `init_cache`), so lm/decoding.py's greedy and beam search run on it unchanged.
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptionConfig:
+  vocab_size: int = 0  # 0: taken from the tokenizer
+  image_size: int = 32
+  patch_size: int = 4
+  channels: int = 3
+  num_encoder_layers: int = 4  # ViT blocks
+  num_decoder_layers: int = 2  # text decoder blocks (causal self-attention + cross-attention)
+  num_heads: int = 4
+  embed_dim: int = 128
+  mlp_dim: int = 512
+  max_target_len: int = 12  # longest caption, EOS included
+  pool: str = "mean"  # the ViT's; "cls" adds a [CLS] token the decoder also sees
+  position: str = "learned"  # ViT patch positions: learned | sinusoidal (2-D)
+  decoder_position: str = "learned"  # the decoder's (lm/models/encdec.py): learned | t5 | ...
+  dropout: float = 0.0
+  pad_id: int = 0
+  decoder_start_id: int = 0  # T5's convention: the decoder starts from the pad id
+
+  def __post_init__(self):
+    self.vit_config()  # each half checks its own fields
+    self.decoder_config()
+
+  def vit_config(self) -> ViTConfig:
+    return ViTConfig(image_size=self.image_size, patch_size=self.patch_size,
+                     channels=self.channels, num_layers=self.num_encoder_layers,
+                     num_heads=self.num_heads, embed_dim=self.embed_dim, mlp_dim=self.mlp_dim,
+                     pool=self.pool, position=self.position, dropout=self.dropout)
+
+  def decoder_config(self):
+    return EncDecConfig(vocab_size=self.vocab_size, num_encoder_layers=1,  # encoder unused
+                        num_decoder_layers=self.num_decoder_layers, num_heads=self.num_heads,
+                        embed_dim=self.embed_dim, mlp_dim=self.mlp_dim,
+                        max_len=self.vit_config().num_tokens, max_target_len=self.max_target_len,
+                        dropout=self.dropout, position=self.decoder_position,
+                        pad_id=self.pad_id, decoder_start_id=self.decoder_start_id)
+
+
+class ImageCaptioner(nn.Module):
+  """Images (B, H, W, C) -> caption logits; a ViT encoder and the encoder-decoder's decoder."""
+  config: CaptionConfig
+
+  def setup(self):
+    self.encoder = ViT(self.config.vit_config())
+    self.text = EncoderDecoder(self.config.decoder_config())  # only its decoder is used
+
+  def encode(self, images_BHWC, *, deterministic: bool = True):
+    """Patch tokens (B, N, D) for the decoder to cross-attend to."""
+    return self.encoder(images_BHWC, deterministic=deterministic)[1]
+
+  def decode(self, decoder_inputs_BT, encoded_BND, images_BHWC=None, *, caches=None,
+             cache_index=0, deterministic: bool = True):
+    """Returns (logits_BTV, caches); the images are not needed (no padding to mask)."""
+    del images_BHWC
+    return self.text.decode(decoder_inputs_BT, encoded_BND, None, caches=caches,
+                            cache_index=cache_index, deterministic=deterministic)
+
+  def __call__(self, images_BHWC, decoder_inputs_BT, *, deterministic: bool = True):
+    """Teacher-forced logits (B, T, V) of the caption given the image."""
+    encoded_BND = self.encode(images_BHWC, deterministic=deterministic)
+    return self.decode(decoder_inputs_BT, encoded_BND, deterministic=deterministic)[0]
+
+  def init_cache(self, batch: int, length: int | None = None):
+    c = self.config
+    return [KVCache.zeros(batch, length or c.max_target_len, c.num_heads,
+                          c.embed_dim // c.num_heads) for _ in range(c.num_decoder_layers)]
+
+
+def init_caption_params(model: ImageCaptioner, seed: int):
+  """Boxed params (logical axis names kept); shapes need only the config."""
+  c = model.config
+  images = jnp.zeros((1, c.image_size, c.image_size, c.channels), jnp.uint8)
+  return model.init(jax.random.key(seed), images,
+                    jnp.zeros((1, c.max_target_len), jnp.int32))["params"]

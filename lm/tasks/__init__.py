@@ -29,6 +29,7 @@ _TASKS = {
     "icl_strings": ("lm.tasks.icl_strings", "ICLStringsConfig"),
     # images and text (docs/multimodal.md), on the synthetic shapes captions
     "clip": ("lm.tasks.clip", "CLIPTaskConfig"),  # contrastive dual encoder ("clip" family)
+    "captioning": ("lm.tasks.captioning", "CaptioningConfig"),  # ViT + text decoder ("caption")
     # adapting a pretrained backbone (docs/adaptation.md): a head on pooled features
     "classify": ("lm.tasks.classify", "ClassifyConfig"),  # who speaks this line
 }
