@@ -74,8 +74,7 @@ def test_generated_notebooks_are_committed_as_built_and_without_outputs():
   for name, built in build_notebooks.build_all().items():
     nbformat.validate(built)
     stored = nbformat.read(os.path.join(COLAB, name), as_version=4)
-    assert [c.source for c in stored.cells] == [c.source for c in built.cells], (
-        f"{name} differs from colab/build_notebooks.py: rerun it")
+    assert stored == built, f"{name} differs from colab/build_notebooks.py: rerun it"
     for cell in stored.cells:
       if cell.cell_type == "code":
         assert cell.outputs == [] and cell.execution_count is None, name
