@@ -2,7 +2,7 @@
 
 Images: 32 x 32 renderings of one or two coloured shapes with sizes and a spatial
 relation (lm/data/shapes.py); four colour-shape pairs never appear in training. Model
-(family "caption", lm/models/vit.py): ViT 4 x 128 with 4 x 4 patches, whose 64 patch
+(family "caption", lm/models/vit.py): ViT 3 x 64 with 4 x 4 patches, whose 64 patch
 tokens a 2-layer causal text decoder (lm/models/encdec.py) cross-attends to; teacher-
 forced cross-entropy (task "captioning", lm/tasks/captioning.py); greedy decoding
 (lm/decoding.py) at the end.
@@ -40,11 +40,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.image_size = 32
   c.model.patch_size = 4
   c.model.channels = 3
-  c.model.num_encoder_layers = 4
+  c.model.num_encoder_layers = 3
   c.model.num_decoder_layers = 2
   c.model.num_heads = 4
-  c.model.embed_dim = 128
-  c.model.mlp_dim = 512
+  c.model.embed_dim = 64
+  c.model.mlp_dim = 256
   c.model.max_target_len = 12  # 10 words + EOS, padded
   c.model.pool = "mean"
   c.model.position = args.position
@@ -58,10 +58,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim = base.optim(lr=1e-3, min_lr=1e-5, warmup_steps=100, weight_decay=0.1)
 
   c.train = ml_collections.ConfigDict()
-  c.train.num_steps = 600
+  c.train.num_steps = 400
   c.train.log_every = 10
-  c.train.eval_every = 200
-  c.train.checkpoint_every = 300
+  c.train.eval_every = 100
+  c.train.checkpoint_every = 200
   c.train.keep_checkpoints = 2
   c.train.steps_per_call = 10
   c.train.seed = 0

@@ -35,7 +35,7 @@ from lm.layers import init
 from lm.layers.embed import TokenEmbedding
 from lm.layers.mlp import ACTIVATIONS, MLP
 from lm.layers.norms import NORMS, make_norm
-from lm.layers.scan import linear_recurrence
+from lm.layers.scan import linear_recurrence, linear_recurrence_step
 
 GATE_POWER = 8.0  # Griffin's constant c: a_t = sigmoid(L)^(c r_t)
 
@@ -119,7 +119,10 @@ class RGLRU(nn.Module):
     log_a_BTR = GATE_POWER * r_BTR * jax.nn.log_sigmoid(decay_R)
     a_BTR = jnp.exp(log_a_BTR)
     scale_BTR = jnp.sqrt(-jnp.expm1(2.0 * log_a_BTR))  # sqrt(1 - a^2), keeps h at unit scale
-    return linear_recurrence(a_BTR, scale_BTR * i_BTR * u_BTR, h0_BR)
+    b_BTR = scale_BTR * i_BTR * u_BTR
+    if u_BTR.shape[1] == 1:  # one decoding step: no scan needed
+      return linear_recurrence_step(a_BTR[:, 0], b_BTR[:, 0], h0_BR)[:, None]
+    return linear_recurrence(a_BTR, b_BTR, h0_BR)
 
 
 class TemporalBlock(nn.Module):
