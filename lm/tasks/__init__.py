@@ -27,8 +27,6 @@ _TASKS = {
     "dpo": ("lm.tasks.dpo", "DPOConfig"),  # preference pairs, frozen reference
     # in-context learning: rows of one string task's examples (docs/icl.md)
     "icl_strings": ("lm.tasks.icl_strings", "ICLStringsConfig"),
-    # in-context learning: rows of one string task's examples (docs/icl.md)
-    "icl_strings": ("lm.tasks.icl_strings", "ICLStringsConfig"),
     # images and text (docs/multimodal.md), on the synthetic shapes captions
     "clip": ("lm.tasks.clip", "CLIPTaskConfig"),  # contrastive dual encoder ("clip" family)
     "captioning": ("lm.tasks.captioning", "CaptioningConfig"),  # ViT + text decoder ("caption")
