@@ -547,9 +547,9 @@ def nb05():
       for budget in sorted(set(d)):
           sel = d == budget
           order = np.argsort(n[sel])
-          line, = ax[0].loglog(n[sel][order], y[sel][order], 'o', label=f'D={budget:.2g}')
+          line, = ax[0].semilogx(n[sel][order], y[sel][order], 'o', label=f'D={budget:.2g}')
           ns = np.logspace(np.log10(n.min()), np.log10(n.max()), 50)
-          ax[0].loglog(ns, laws.chinchilla_loss(ns, budget, **chin), '-', c=line.get_color())
+          ax[0].semilogx(ns, laws.chinchilla_loss(ns, budget, **chin), '-', c=line.get_color())
       ax[0].set_xlabel('non-embedding params N'); ax[0].set_ylabel('val loss'); ax[0].legend(fontsize=7)
       ax[0].set_title('grid runs and the Chinchilla fit')
       for budget in sorted(set(budgets)):
