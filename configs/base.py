@@ -72,3 +72,18 @@ def optim(**overrides) -> ml_collections.ConfigDict:
     raise ValueError(f"unknown optim keys {unknown}")
   section.update(overrides)
   return section
+
+
+def adaptation(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Adds the adaptation keys (docs/adaptation.md), so any LM config takes
+  `--config.init_from=DIR`, `--config.trainable="('lora_',)"` and the PEFT model options
+  (`--config.model.lora_rank=2`, adapter_dim, prefix_len, prefix_hidden, prompt_len, ...)."""
+  import dataclasses
+
+  from lm.layers.peft import PEFTFields
+  config.init_from = config.get("init_from", "")  # a trained workdir to start from
+  config.trainable = tuple(config.get("trainable", ()))  # regexes; () = everything trains
+  for field in dataclasses.fields(PEFTFields):
+    if field.name not in config.model:
+      config.model[field.name] = field.default
+  return config

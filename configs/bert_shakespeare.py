@@ -74,6 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.sample = ml_collections.ConfigDict()  # unused by mlm_nsp (its summary sample is a fill-in)
   c.sample.max_new_tokens = 200
+  base.adaptation(c)  # --config.init_from, --config.trainable, PEFT model options
 
   if args.smoke:
     base.make_smoke(c)

@@ -103,6 +103,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sample.seed = 0
 
   c.model.update(ARCHS[args.arch])
+  base.adaptation(c)  # --config.init_from, --config.trainable, PEFT model options
   if args.smoke:
     base.make_smoke(c)
   return c
