@@ -4,6 +4,7 @@
       --rules=fsdp [--hbm_gib=95] [--show_params]
   python -m experiments.plan --table=bert_large,gpt3_175b,llama2_70b,deepseek_v3 \\
       --devices=256,2048 [--write_docs=docs/zoo.md]
+  python -m experiments.plan --counts [--write_docs=docs/zoo.md]
 
 Any config works (`--config.model.num_layers=...` overrides too); nothing is allocated:
 the model is instantiated with jax.eval_shape and laid out on a jax.sharding.AbstractMesh
@@ -36,10 +37,12 @@ _EXACT = flags.DEFINE_bool("exact", False, "Trace every layer (default: each dis
 _SHOW = flags.DEFINE_bool("show_params", False, "Print every parameter's sharding.")
 _TABLE = flags.DEFINE_string("table", "", "Comma-separated zoo names: print the docs table.")
 _DEVICES = flags.DEFINE_string("devices", "256,2048", "--table: device counts.")
-_WRITE = flags.DEFINE_string("write_docs", "", "--table: replace the table in this markdown "
-                             "file between its plan-table markers.")
+_COUNTS = flags.DEFINE_bool("counts", False, "Print the zoo's counts table (every model).")
+_WRITE = flags.DEFINE_string("write_docs", "", "--table / --counts: replace the table in this "
+                             "markdown file between its plan-table / zoo-table markers.")
 
 BEGIN, END = "<!-- plan-table:begin -->", "<!-- plan-table:end -->"
+COUNTS_BEGIN, COUNTS_END = "<!-- zoo-table:begin -->", "<!-- zoo-table:end -->"
 GIB = plan_lib.GIB
 
 
@@ -122,20 +125,43 @@ def table(names: list[str], device_counts: list[int], hbm_gib: float = 95.0) -> 
   return "\n".join(lines) + "\n"
 
 
-def write_docs(path: str, text: str):
+def counts_table() -> str:
+  """Every zoo model: parameters, active, FLOPs per token, KV cache per token."""
+  from configs import zoo
+  lines = ["| model | family | context | params | non-embedding | active / token | MTP | "
+           "train FLOPs / token | KV cache / token (bf16) |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for name in zoo.ZOO:
+    config = zoo_config(name)
+    r = abstract.param_report(config)
+    kv = abstract.kv_cache_bytes_per_token(config)
+    lines.append(
+        f"| {name} | {config.family} | {config.data.seq_len} | {r.total:,} | "
+        f"{r.non_embedding:,} | {r.active:,} | {r.mtp:,} | "
+        f"{abstract.train_flops_per_token(config, r):.3e} | {f'{kv:,} B' if kv else 'n/a'} |")
+  return "\n".join(lines) + "\n"
+
+
+def write_docs(path: str, text: str, begin: str = BEGIN, end: str = END):
   with open(path) as f:
     doc = f.read()
-  if BEGIN not in doc or END not in doc:
-    raise UserError(f"{path} has no {BEGIN} ... {END} markers to replace")
-  head, rest = doc.split(BEGIN, 1)
-  _, tail = rest.split(END, 1)
+  if begin not in doc or end not in doc:
+    raise UserError(f"{path} has no {begin} ... {end} markers to replace")
+  head, rest = doc.split(begin, 1)
+  _, tail = rest.split(end, 1)
   with open(path, "w") as f:
-    f.write(f"{head}{BEGIN}\n{text}{END}{tail}")
+    f.write(f"{head}{begin}\n{text}{end}{tail}")
 
 
 def _main(argv):
   if len(argv) > 1:
     raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if _COUNTS.value:
+    text = counts_table()
+    print(text)
+    if _WRITE.value:
+      write_docs(_WRITE.value, text, COUNTS_BEGIN, COUNTS_END)
+    return
   if _TABLE.value:
     try:
       counts = [int(d) for d in _DEVICES.value.split(",")]
