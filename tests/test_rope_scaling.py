@@ -116,3 +116,57 @@ def test_gpt_passes_the_scaling_to_every_layer():
 def test_bad_scaling_configs_are_user_errors(model, message):
   with pytest.raises(UserError, match=message):
     config_lib.from_dict({"data": {"path": "x"}, "model": model})
+
+
+# --- the context-extension experiment (experiments/long_context.py) --------------------
+
+
+def _long_context_values(**extension):
+  from configs import long_context
+  values = long_context.get_config("smoke").to_dict()
+  values["extension"].update(extension)
+  return values
+
+
+def test_bucket_perplexities_are_exp_of_mean_bucket_loss():
+  from experiments.long_context import bucket_perplexities
+  losses = np.array([1.0, 1.0, 2.0, 4.0])
+  got = bucket_perplexities(losses, [2, 4])
+  assert got == pytest.approx({"ppl_0_2": math.e, "ppl_2_4": math.exp(3.0)})
+
+
+@pytest.mark.parametrize("extension, message", [
+    ({"buckets": "32,64"}, "end at target_len"),
+    ({"methods": "none,rope2"}, "unknown RoPE scaling 'rope2'"),
+    ({"target_len": 16, "buckets": "16"}, "must exceed data.seq_len"),
+    ({"finetune_stepz": 3}, "unknown config key extension.finetune_stepz"),
+])
+def test_long_context_config_errors(extension, message):
+  from experiments.long_context import parse_config
+  with pytest.raises(UserError, match=message):
+    parse_config(_long_context_values(**extension))
+
+
+def test_extension_sets_the_factor_from_the_lengths():
+  from experiments.long_context import extended_model_config, parse_config
+  config = parse_config(_long_context_values())
+  yarn = extended_model_config(config.base.model, "yarn", 128, 32)
+  assert (yarn.rope_scaling, yarn.rope_scaling_factor, yarn.rope_original_max_len,
+          yarn.max_len) == ("yarn", 4.0, 32, 128)
+  assert extended_model_config(config.base.model, "none", 128, 32).rope_scaling_factor == 1.0
+
+
+@pytest.mark.slow
+def test_long_context_smoke_run(tmp_path):
+  import json
+  import subprocess
+  import sys
+  out = subprocess.run([sys.executable, "-m", "experiments.run",
+                        "--config=configs/long_context.py:smoke", f"--workdir={tmp_path}"],
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert [r["model"] for r in summary["rows"]] == [
+      "base+none", "base+linear", "base+ntk", "base+yarn", "ft_none", "ft_linear", "ft_yarn"]
+  assert (tmp_path / "ft_yarn" / "checkpoints").exists()
+  assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 7
