@@ -792,7 +792,7 @@ def nb07():
       """),
       md("The layout changes nothing numerically: the sharded forward pass equals one device's."),
       code("""
-      x = jnp.asarray(np.random.default_rng(0).integers(0, 64, (8, 32)), jnp.int32)
+      x = np.random.default_rng(0).integers(0, 64, (8, 32)).astype(np.int32)  # host: jit places it
       with jax.set_mesh(meshes[layout]), nn.logical_axis_rules(sharding.flax_rules(rules[layout])):
           sharded = jax.jit(lambda p, x: model.apply({'params': p}, x)[0])(params, x)
       single = jax.device_get(params)
