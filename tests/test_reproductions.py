@@ -73,3 +73,14 @@ def test_the_pending_peft_claim_reads_an_adaptation_table():
   assert claim.verdict(table) == "reproduced"
   table[0]["rows"][1]["trainable_fraction"] = 0.05
   assert claim.verdict(table) == "partly reproduced"
+
+
+def test_the_pending_icl_claim_reads_an_icl_evaluation():
+  # The layout experiments/icl.py writes to icl.json (lm/icl/harness.py `evaluate`).
+  claim = next(c for c in CLAIMS if c.key == "few_shot")
+  means = {"train": {"k=0": 0.1, "k=4": 0.6}, "heldout": {"k=0": 0.0, "k=4": 0.3}}
+  data = [{"generate": {"shots": [0, 4], "means": means}}]
+  assert claim.measured(data) == "train: 0.10 at k=0 -> 0.60 at k=4; heldout: 0.00 at k=0 -> 0.30 at k=4"
+  assert claim.verdict(data) == "reproduced"
+  means["heldout"]["k=4"] = 0.0
+  assert claim.verdict(data) == "partly reproduced"

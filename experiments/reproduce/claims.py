@@ -197,6 +197,24 @@ def _peft_verdict(d):
   return _yes(max(fractions) < 0.01, partly=max(fractions) < 0.1)
 
 
+def _icl_gains(d) -> dict:
+  """Per task group: (accuracy at k=0, at the largest k, that k), greedy exact match."""
+  results = d[0]["generate"] if "generate" in d[0] else d[0]["choice"]
+  k_max = max(results["shots"])
+  return {group: (means["k=0"], means[f"k={k_max}"], k_max)
+          for group, means in results["means"].items()}
+
+
+def _icl(d):
+  return "; ".join(f"{group}: {a0:.2f} at k=0 -> {ak:.2f} at k={k}"
+                   for group, (a0, ak, k) in _icl_gains(d).items())
+
+
+def _icl_verdict(d):
+  better = [ak > a0 for a0, ak, _ in _icl_gains(d).values()]
+  return _yes(all(better), partly=any(better))
+
+
 def _distill(d):
   student, scratch = d
   return (f"student ({student['params']:,} params, {student['steps']} steps) val CE "
@@ -256,15 +274,16 @@ CLAIMS = (
                 "--workdir=/tmp/adapt  # then copy /tmp/adapt/table.json to the results file",
         files=(f"{RESULTS}/adaptation_table.json",), measured=_peft, verdict=_peft_verdict,
         rule="LoRA and BitFit each train < 1% of the model (partly: < 10%)",
-        pending="the adaptation table has not been run yet (docs/adaptation.md is being "
-                "written)"),
+        pending="the adaptation table (docs/adaptation.md) has not been run yet"),
     Claim(
         key="few_shot", topic="few-shot > zero-shot prompting",
         claim="Accuracy rises with the number of in-context examples",
         source="Brown et al. 2020, Language Models are Few-Shot Learners, Fig. 1.2",
-        command="(the in-context learning experiment, docs/icl.md)",
-        files=(f"{RESULTS}/icl.json",), measured=lambda d: "", verdict=lambda d: "",
-        rule="k-shot accuracy > 0-shot", pending="docs/icl.md and its results are being written"),
+        command="python -m experiments.run --config=configs/icl_strings.py --workdir=/tmp/icl "
+                "&& python -m experiments.icl --workdir=/tmp/icl  # then copy /tmp/icl/icl.json",
+        files=(f"{RESULTS}/icl.json",), measured=_icl, verdict=_icl_verdict,
+        rule="greedy accuracy at the largest k above k=0 in every task group (partly: in one)",
+        pending="the in-context learning evaluation has not been run yet"),
     Claim(
         key="scaling", topic="scaling exponents",
         claim="Kaplan: alpha_N 0.076, alpha_D 0.095; Chinchilla: alpha 0.34, beta 0.28, "
