@@ -90,7 +90,9 @@ def tiny_gpt():
   cfg = model_config_class("gpt")(vocab_size=11, num_layers=2, num_heads=2, embed_dim=16,
                                   mlp_dim=32, max_len=32)
   model = build_model("gpt", cfg)
-  params = nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"])
+  init = jax.jit(lambda: nn.meta.unbox(model.init(jax.random.key(0),
+                                                  jnp.zeros((1, 32), jnp.int32))["params"]))
+  params = init()
   # Sharper than the init's near-uniform logits, so argmax decisions are not ties.
   params = jax.tree.map(lambda p: p * 4.0, params)
   return model, params

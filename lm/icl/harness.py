@@ -129,7 +129,7 @@ def evaluate(model, params, tokenizer, tasks: Sequence[ICLTask], *,
         "n/a": {c: notes[task.name, c] for c in conds if (task.name, c) in notes},
         "samples": {c: samples[task.name, c] for c in conds if (task.name, c) in samples}}
   means = {}
-  for group in sorted({t.group for t in tasks}):
+  for group in dict.fromkeys(t.group for t in tasks):  # in order of appearance
     means[group] = {}
     for c in conds:
       values = [per_task[t.name]["accuracy"][c] for t in tasks if t.group == group]
