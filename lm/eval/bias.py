@@ -107,13 +107,14 @@ def pseudo_log_likelihood(model, params, ids, *, cls_id: int, sep_id: int,
                           mask_id: int) -> np.ndarray:
   """log p(x_i | x without x_i) for every token of `[CLS] ids [SEP]` but the specials.
 
-  One batch of len(ids) copies, copy i with token i masked, padded to model.max_len
-  (rows and columns) so every sentence reuses one compilation.
+  One batch of len(ids) copies, copy i with token i masked, padded (rows and columns) to
+  a multiple of 16 so sentences of similar length share one compilation.
   """
   ids = np.asarray(ids, np.int32)
-  L, T = len(ids), model.config.max_len
-  if L + 2 > T:
-    raise UserError(f"sentence of {L} tokens (+[CLS], [SEP]) exceeds model.max_len={T}")
+  L, max_len = len(ids), model.config.max_len
+  if L + 2 > max_len:
+    raise UserError(f"sentence of {L} tokens (+[CLS], [SEP]) exceeds model.max_len={max_len}")
+  T = min(max_len, -(-(L + 2) // 16) * 16)
   tokens_T = np.zeros(T, np.int32)
   tokens_T[:L + 2] = np.concatenate([[cls_id], ids, [sep_id]])
   tokens_NT = np.tile(tokens_T, (T, 1))
