@@ -149,6 +149,33 @@ def test_bert_with_lora_or_adapters_starts_at_the_base_encoder(option, norm_posi
   assert np.abs(np.asarray(ours) - np.asarray(ref)).max() <= tolerance
 
 
+def test_init_from_fills_the_base_and_draws_the_soft_prompt_from_its_vocabulary(base):
+  _, base_params = base
+  model = GPT(dataclasses.replace(BASE, prompt_len=6))
+  fresh = model.init(jax.random.key(5), jnp.zeros((1, 12), jnp.int32))["params"]
+  merged, unused = pretrained.merge(fresh, pretrained.flatten(base_params), ("soft_prompt",))
+  merged = nn.meta.unbox(merged)
+  assert not unused
+  for path, value in pretrained.flatten(base_params).items():
+    np.testing.assert_array_equal(pretrained.flatten(merged)[path], value)
+  table = np.asarray(base_params["token_embed"]["embedding"])
+  for row in np.asarray(merged["soft_prompt"]):
+    assert np.any(np.all(table == row, axis=1))  # a row of the pretrained table
+
+
+def test_merge_rejects_a_frozen_parameter_the_checkpoint_lacks_and_wrong_shapes(base):
+  from lm.errors import UserError
+  _, base_params = base
+  fresh = GPT(dataclasses.replace(BASE, adapter_dim=2)).init(
+      jax.random.key(0), jnp.zeros((1, 12), jnp.int32))["params"]
+  with pytest.raises(UserError, match="not in the init_from checkpoint and not trainable"):
+    pretrained.merge(fresh, pretrained.flatten(base_params), ("lora_",))
+  wider = GPT(dataclasses.replace(BASE, mlp_dim=128)).init(
+      jax.random.key(0), jnp.zeros((1, 12), jnp.int32))["params"]
+  with pytest.raises(UserError, match="the model configs differ"):
+    pretrained.merge(wider, pretrained.flatten(base_params), ())
+
+
 # --- trainable fractions against closed forms ----------------------------------------------
 
 def _default_gpt():

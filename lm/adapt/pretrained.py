@@ -89,7 +89,26 @@ def merge(fresh, pretrained: dict[str, np.ndarray], patterns: tuple[str, ...],
     return leaf.replace_boxed(new) if _is_box(leaf) else new
 
   merged = jax.tree_util.tree_map_with_path(replace, fresh, is_leaf=_is_box)
-  return merged, sorted(set(pretrained) - used)
+  return _soft_prompt_from_vocab(merged, pretrained, prefix), sorted(set(pretrained) - used)
+
+
+def _soft_prompt_from_vocab(params, pretrained: dict, prefix: str, seed: int = 0):
+  """Lester et al. initialise a soft prompt from vocabulary embeddings: those of the
+  pretrained model (model.init drew it from the fresh, random table)."""
+  table = pretrained.get("token_embed/embedding")
+  if table is None:
+    return params
+  target = (prefix + "/" if prefix else "") + "soft_prompt"
+
+  def init(key_path, leaf):
+    if trainable_lib.path_str(key_path) != target:
+      return leaf
+    value = leaf.unbox() if _is_box(leaf) else leaf
+    ids = np.random.default_rng(seed).integers(0, table.shape[0], value.shape[0])
+    new = jnp.asarray(table[ids], value.dtype)
+    return leaf.replace_boxed(new) if _is_box(leaf) else new
+
+  return jax.tree_util.tree_map_with_path(init, params, is_leaf=_is_box)
 
 
 @dataclasses.dataclass(frozen=True)
