@@ -62,6 +62,10 @@ def mesh_text(mesh: dict) -> str:
   return ",".join(f"{k}:{v}" for k, v in mesh.items() if v > 1) or "data:1"
 
 
+def _size(num_bytes: int) -> str:
+  return f"{num_bytes / GIB:.2f} GiB ({num_bytes:,} B)"
+
+
 def describe(p: plan_lib.Plan) -> str:
   r = p.params
   lines = [
@@ -73,13 +77,13 @@ def describe(p: plan_lib.Plan) -> str:
       f"| MTP modules | {r.mtp:,} |",
       f"| train FLOPs / token (6N_active + attention) | {p.flops_per_token:.3e} |",
       f"| KV cache / token (bf16) | {p.kv_cache_bytes_per_token:,} B |",
-      f"| params / device | {p.param_bytes / GIB:.2f} GiB |",
-      f"| grads / device | {p.param_bytes / GIB:.2f} GiB |",
-      f"| optimizer state / device | {p.optimizer_bytes / GIB:.2f} GiB |",
-      f"| activations / device, no remat | {p.activation_bytes / GIB:.2f} GiB |",
-      f"| activations / device, remat=full | {p.activation_bytes_remat / GIB:.2f} GiB |",
-      f"| total / device, no remat | {p.total_bytes / GIB:.2f} GiB |",
-      f"| total / device, remat=full | {p.total_bytes_remat / GIB:.2f} GiB |",
+      f"| params / device | {_size(p.param_bytes)} |",
+      f"| grads / device | {_size(p.param_bytes)} |",
+      f"| optimizer state / device | {_size(p.optimizer_bytes)} |",
+      f"| activations / device, no remat | {_size(p.activation_bytes)} |",
+      f"| activations / device, remat=full | {_size(p.activation_bytes_remat)} |",
+      f"| total / device, no remat | {_size(p.total_bytes)} |",
+      f"| total / device, remat=full | {_size(p.total_bytes_remat)} |",
   ]
   return "\n".join(lines)
 

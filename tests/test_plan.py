@@ -76,6 +76,8 @@ def test_layout_errors_are_sharding_errors():
     _plan("bert_large", "fsdp:2048", "fsdp")
   with pytest.raises(UserError, match="AXIS:SIZE"):
     plan_lib.parse_mesh("data:16,pipeline:4")
+  with pytest.raises(UserError, match="vocab_size is 0"):  # left to the tokenizer
+    abstract.abstract_params(_config("gpt2_small", smoke=True))
 
 
 def test_activation_estimate_is_korthikanti_for_a_gpt_block():

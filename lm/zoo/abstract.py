@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lm.errors import UserError
 from lm.models.registry import build_model
 from lm.scaling import counting
 
@@ -33,6 +34,9 @@ DUMMY_LEN = 8  # init traces this many tokens; parameter shapes do not depend on
 
 def _init_fn(config):
   """() -> boxed params, exactly as the config's task initialises them."""
+  if getattr(config.model, "vocab_size", 1) <= 0:
+    raise UserError("model.vocab_size is 0 (the tokenizer fills it in when training); give "
+                    "it explicitly, e.g. --config.model.vocab_size=65, to plan")
   model = build_model(config.family, config.model)
   seed = config.train.seed
   if config.family == "bert":
