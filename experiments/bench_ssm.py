@@ -87,13 +87,23 @@ def gpt_decode(model, params, batch: int, steps: int):
 
 def stream_val_loss(workdir: str, chunk: int = 1024) -> dict:
   """-mean log p(x_i | x_<i) over val tokens 1.., reading val as one stream."""
+  import os
+
+  import orbax.checkpoint as ocp
+
   from lm.data.corpus import read_text, split_text
-  from lm.workdir import load_trained
-  trained = load_trained(workdir)
-  _, val_text = split_text(read_text(trained.config.data.path),
-                           trained.config.data.val_fraction)
-  ids = np.asarray(trained.tokenizer.encode(val_text), np.int32)
-  model, params = trained.model, trained.params
+  from lm.data.tokenizers import load_tokenizer
+  from lm.models.registry import build_model
+  from lm.train.checkpoint import Checkpointer
+  # Params only: the optimizer state's layout may differ from this version's optimizer.
+  config = config_lib.load_json(os.path.join(workdir, "config.json"))
+  step = Checkpointer(workdir, create=False).latest_step()
+  state = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step),
+                                                          "state"))
+  model, params = build_model(config.family, config.model), state["params"]
+  tokenizer = load_tokenizer(os.path.join(workdir, "tokenizer.json"))
+  _, val_text = split_text(read_text(config.data.path), config.data.val_fraction)
+  ids = np.asarray(tokenizer.encode(val_text), np.int32)
 
   @jax.jit
   def run(state, inputs_1T, targets_1T, weights_1T):
@@ -110,7 +120,7 @@ def stream_val_loss(workdir: str, chunk: int = 1024) -> dict:
     sl = slice(start, start + chunk)
     state, nll = run(state, padded[:-1][sl][None], padded[1:][sl][None], weights[sl][None])
     total += float(nll)
-  return {"what": "ssm_stream_val_loss", "workdir": workdir, "step": trained.step,
+  return {"what": "ssm_stream_val_loss", "workdir": workdir, "step": step,
           "val_loss": total / num, "tokens": num}
 
 
