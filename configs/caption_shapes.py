@@ -9,9 +9,10 @@ forced cross-entropy (task "captioning", lm/tasks/captioning.py); greedy decodin
 
 Run:
   python -m experiments.run --config=configs/caption_shapes.py --workdir=/tmp/caption
-Expected (docs/multimodal.md, 2-core CPU, shared): the loss falls from ln(20) ~ 3.0;
-summary.json reports val_greedy_exact_match (new scenes of seen pairs) and
-novel_greedy_exact_match (scenes with a held-out colour-shape pair).
+Expected (measured, docs/multimodal.md, 2-core CPU, shared): val_loss 3.0 -> 0.45 after
+400 steps; summary.json: val_greedy_exact_match 0.05 (new scenes of seen pairs; 0.13
+with --config.train.num_steps=1000) and novel_greedy_exact_match 0.00 (scenes with a
+held-out colour-shape pair).
 
 Variants (`--config=configs/caption_shapes.py:ARGS`): smoke (a few seconds),
 position=sinusoidal (2-D sinusoidal patch positions).

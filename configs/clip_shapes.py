@@ -9,9 +9,11 @@ in-batch negatives (task "clip", lm/tasks/clip.py).
 
 Run:
   python -m experiments.run --config=configs/clip_shapes.py --workdir=/tmp/clip
-Expected (docs/multimodal.md, 2-core CPU, shared): the loss falls from ln(64) = 4.16;
-summary.json reports val_/novel_ recall@1/@5 both ways, zero-shot accuracy from class
-prompts and a linear probe's accuracy on the image features.
+Expected (measured, docs/multimodal.md, 2-core CPU, shared): train loss 4.18 -> 0.52,
+val_loss 0.79 (128-pair batches, chance 4.85) after 1000 steps; summary.json:
+val_i2t_recall@1 0.45 / @5 0.86, novel_i2t_recall@1 0.47 (held-out compositions);
+zero-shot accuracy from class prompts 0.37 (seen classes) / 0.20 (held-out classes)
+vs a linear probe on the image features 0.72 / 0.00.
 
 Variants (`--config=configs/clip_shapes.py:ARGS`): smoke (a few seconds),
 text=bidirectional (mean-pooled bidirectional text tower), pool=mean,
