@@ -66,6 +66,7 @@ def test_pseudo_log_likelihood_matches_naive_loop():
                                sep_id=tok.sep_id, mask_id=tok.mask_id)
 
 
+@pytest.mark.slow  # compiles a decoder: ~15 s on the loaded 2-core machine
 def test_decoder_pair_scores_match_chain_rule():
   tok = CharTokenizer(sorted(set(ALPHABET)))
   cfg = config_lib.from_dict({"data": {"path": "x"}, "model": {
