@@ -34,6 +34,7 @@ def model_and_params():
   return model, params
 
 
+@pytest.mark.slow  # the greedy test below covers the cache path end to end; this checks logits
 def test_cached_decoding_matches_teacher_forcing(model_and_params):
   model, params = model_and_params
   images = jnp.asarray(shapes.eval_examples(0, 2, "val", 0.5)["images"])
