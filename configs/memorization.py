@@ -2,12 +2,13 @@
 
 Run:
   python -m experiments.run --config=configs/memorization.py --workdir=/tmp/mem
-Expected (docs/privacy.md, 2-core CPU): exposure rises with the number of repeats k, from
-~1.4 bits (unseen, k=0) to near the 13.3-bit maximum at k=64, higher for the larger
-model; the planted card number is extracted by greedy decoding from the canaried model and
-has low exposure once the corpus is PII-scrubbed. Writes table.md and exposure.png.
+Expected (measured in docs/privacy.md, shared 2-core CPU): exposure rises with the number
+of repeats k, from chance (~1.4 bits) at k=0 and 1 to 7.5 bits (L2_d64) and the 13.3-bit
+maximum (L4_d128) at k=64; no ordinary training window is extractable (0/256, as for
+held-out text); the planted card number's exposure falls from 12.3 bits to 3.8 (chance)
+when the corpus is PII-scrubbed. Writes table.md and exposure.png.
 
-Variants: `:smoke` (a minute: tiny models, 3 secret digits, 30 steps).
+Variants: `:smoke` (tiny models, 3 secret digits, 30 steps; ~1 min of CPU).
 """
 
 import ml_collections
