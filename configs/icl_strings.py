@@ -3,12 +3,14 @@ of ONE randomly drawn string task (lm/tasks/icl_strings.py), so the task must be
 from the examples. Run:
   python -m experiments.run --config=configs/icl_strings.py --workdir=/tmp/icl_strings
   python -m experiments.icl --workdir=/tmp/icl_strings     # icl_table.md + icl.json
-summary.json: val_first_loss (zero-shot answers) vs val_later_loss (>= 4 shots), and
-icl_{train,heldout}_{k0,k1,k2,k4,k8,description}: greedy exact match on held-out inputs of
-the 9 training tasks and on 3 held-out tasks. Expected (docs/icl.md, measured): training
-tasks rise from ~0.1 at k=0 to ~0.5+ at k>=2; held-out tasks stay near 0.
+summary.json: val_first_loss (a row's first answer: no demonstration) vs val_later_loss
+(>= 4 demonstrations), and icl_{train,heldout}_{k0,k1,k2,k4,k8,description}: greedy exact
+match on held-out inputs of the 7 training tasks and on 3 held-out tasks. Measured
+(docs/icl.md, 1200 steps, 1.7M tokens): val_loss 1.97, val_later_loss < val_first_loss at
+every eval, and option-scoring accuracy rising from k=0 to k>=2 on training and held-out
+tasks; greedy exact match is still low at this budget.
 
-Args: smoke, steps=N.
+Args: smoke, steps=N (default 1200: ~7 min at 4k tokens/s; ~22 min on the loaded CPU).
 """
 
 import ml_collections
@@ -18,7 +20,7 @@ from configs.shakespeare_char import get_config as lm_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = base.parse_arg(arg, smoke=False, steps=500)
+  args = base.parse_arg(arg, smoke=False, steps=1200)
   c = lm_config()
   c.task = "icl_strings"
   c.task_config = ml_collections.ConfigDict(dict(
