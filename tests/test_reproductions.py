@@ -80,7 +80,8 @@ def test_the_pending_icl_claim_reads_an_icl_evaluation():
   claim = next(c for c in CLAIMS if c.key == "few_shot")
   means = {"train": {"k=0": 0.1, "k=4": 0.6}, "heldout": {"k=0": 0.0, "k=4": 0.3}}
   data = [{"generate": {"shots": [0, 4], "means": means}}]
-  assert claim.measured(data) == "train: 0.10 at k=0 -> 0.60 at k=4; heldout: 0.00 at k=0 -> 0.30 at k=4"
+  assert claim.measured(data) == ("greedy exact match: train 0.10 at k=0 -> 0.60 at k=4; "
+                                  "heldout 0.00 at k=0 -> 0.30 at k=4")
   assert claim.verdict(data) == "reproduced"
   means["heldout"]["k=4"] = 0.0
   assert claim.verdict(data) == "partly reproduced"
