@@ -1,6 +1,6 @@
 """Writes the colab/ notebooks (nbformat v4, no outputs) from the cells below.
 
-  python colab/build_notebooks.py        # rewrites colab/0[1-3,5-7]_*.ipynb
+  python colab/build_notebooks.py        # rewrites colab/0[1-7]_*.ipynb
 
 Each notebook starts with the same cell: install lm from the repository when it is not
 installed, pick a size from the hardware (`jax.devices()`), or tiny settings when
@@ -479,6 +479,231 @@ def nb03():
                '| --- | --- | --- | --- | --- | --- |']
       table += [f'| {a} | {b} | {c} | {d} | {e:,} | {f} |' for a, b, c, d, e, f in rows]
       display(Markdown('\\n'.join(table)))
+      """),
+  ]
+
+
+@register("04_adaptation.ipynb")
+def nb04():
+  pre_jax = ("# CI (smoke): compile quickly rather than run quickly (set before jax is imported).\n"
+             "if os.environ.get('LM_NOTEBOOK_SMOKE') == '1' and 'jax' not in sys.modules:\n"
+             "    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +\n"
+             "                               ' --xla_backend_optimization_level=0').strip()\n")
+  return [
+      md("""
+      # 04 · Adapting a pretrained model: full, LoRA, prefix, prompt, adapters, BitFit, probes; few-shot prompting
+
+      A char GPT pretrained on tiny Shakespeare is adapted to one task, "which of 8 speakers
+      says this line?" (`configs/adapt_speakers.py`, chance 1/8), by every method of
+      `lm/adapt/methods.py`. A method is only config: PEFT layers (`lm/layers/peft.py`) and
+      regexes over parameter paths that say what trains (`lm/adapt/trainable.py`); the
+      trainer is the usual one. Then linear probes on the frozen features, the LoRA merge,
+      and adaptation without any update: k-shot prompts (`lm/icl`). See docs/adaptation.md
+      and docs/icl.md.
+      """),
+      setup(pre_jax),
+      md("""
+      ## The pretrained backbone
+      `configs/shakespeare_char.py` trained by `lm.train.trainer.train` into a temporary
+      workdir: the default model on an accelerator, 300 steps of it on a CPU, one small block
+      for 20 steps in CI.
+      """),
+      code("""
+      import contextlib, io, re, tempfile
+      import flax.linen as nn
+      import jax.numpy as jnp
+      import matplotlib.pyplot as plt
+      import numpy as np
+      from IPython.display import Markdown, display
+      from configs import adapt_speakers, icl_strings, shakespeare_char
+      from lm.config import from_dict
+      from lm.train.trainer import train
+
+      def run(config, workdir):
+          \"\"\"lm's trainer on an ExperimentConfig; its log is kept quiet, the summary returned.\"\"\"
+          with contextlib.redirect_stdout(io.StringIO()):
+              return train(config, workdir)
+
+      root = tempfile.mkdtemp()
+      BASE = os.path.join(root, 'gpt')
+      c = shakespeare_char.get_config('smoke' if SIZE == 'smoke' else None)
+      if SIZE == 'smoke':
+          c.model.num_layers, c.model.embed_dim, c.model.mlp_dim = 1, 32, 128
+          c.train.num_steps = c.train.eval_every = c.train.checkpoint_every = 20
+          c.sample.max_new_tokens = 0  # no sample: its compile would cost more than the training
+      elif SIZE == 'cpu':
+          c.train.num_steps = c.train.eval_every = 300
+      base = run(from_dict(c.to_dict()), BASE)
+      print(f"{base['params']:,} parameters, {base['steps']} steps: val loss {base['val_loss']:.2f} nats/char")
+      if c.sample.max_new_tokens:
+          print(base['sample'][:150])
+      """),
+      md("""
+      ## Which parameters each method trains
+      `configs/adapt_speakers.py:method=M,init_from=DIR` adds the method's layers to the
+      pretrained model, puts a classifier head (`head/`) on its last position, and lists the
+      trainable regexes. Below, every parameter path of the classifier (blocks folded into
+      `block_*`): ✓ trains, · frozen, empty: the method does not have it.
+      """),
+      code("""
+      from lm.adapt import trainable as trainable_lib
+      from lm.adapt.methods import METHODS
+      from lm.models.registry import build_model
+      from lm.tasks.classify import Classifier, pooling_for
+      STEPS = {'smoke': 10, 'cpu': 150, 'accelerator': 600}[SIZE]
+
+      def adapt_config(method):
+          c = adapt_speakers.get_config(f'method={method},init_from={BASE},steps={STEPS}' +
+                                        (',smoke' if SIZE == 'smoke' else ''))
+          if SIZE == 'smoke':
+              c.train.num_steps = c.train.eval_every = c.train.checkpoint_every = STEPS
+          return from_dict(c.to_dict())
+
+      def abstract_params(config):
+          \"\"\"The classifier's parameter shapes (backbone + head), nothing computed.\"\"\"
+          model = Classifier(build_model(config.family, config.model), config.family,
+                             pooling_for(config.family, config.task_config.pooling),
+                             config.task_config.num_speakers)
+          x = jnp.zeros((1, config.data.seq_len), jnp.int32)
+          return jax.eval_shape(lambda: nn.meta.unbox(model.init(jax.random.key(0), x, x == 0))['params'])
+
+      configs = {m: adapt_config(m) for m in METHODS}
+      counts, marks = {}, {}
+      for m, config in configs.items():
+          shapes = abstract_params(config)
+          counts[m] = trainable_lib.count(shapes, config.trainable)
+          for path in trainable_lib.param_paths(shapes):
+              row = marks.setdefault(re.sub(r'block_\\d+', 'block_*', path), {})
+              row[m] = '✓' if trainable_lib.is_trainable(path, config.trainable) else '·'
+      table = ['| parameter | ' + ' | '.join(METHODS) + ' |', '| --- |' + ' :-: |' * len(METHODS)]
+      table += [f'| `{p}` | ' + ' | '.join(row.get(m, '') for m in METHODS) + ' |' for p, row in sorted(marks.items())]
+      table.append('| **trainable** | ' + ' | '.join(f"{counts[m]['trainable_params']:,} ({100 * counts[m]['trainable_fraction']:.3g}%)"
+                                                   for m in METHODS) + ' |')
+      table.append('| regexes | ' + ' | '.join(', '.join(f'`{p}`' for p in configs[m].trainable) or 'all' for m in METHODS) + ' |')
+      display(Markdown('\\n'.join(table)))
+      """),
+      md("""
+      ## Fine-tuning: one run per method
+      Each run starts from the backbone's checkpoint (`init_from`), trains only what its
+      regexes select (frozen parameters keep no optimizer state), and reports
+      `trainable_fraction` and `val_accuracy` in its summary.
+      """),
+      code("""
+      results = {}
+      for m, config in configs.items():
+          results[m] = s = run(config, os.path.join(root, m))
+          assert s['trainable_params'] == counts[m]['trainable_params']  # what the table counted
+          print(f"{m:>8}: {s['trainable_params']:>7,} of {s['total_params']:,} parameters "
+                f"({100 * s['trainable_fraction']:6.3f}%), val accuracy {s['val_accuracy']:.3f}")
+      """),
+      md("""
+      ## Linear probes on the frozen backbone
+      `probe_workdir` pools the backbone's features of every line (last position, mean) and
+      fits a softmax regression on them (`lm/eval/probing.py`): how much speaker identity is
+      linearly readable from what the model learned without labels.
+      """),
+      code("""
+      from lm.eval.probing import probe_workdir
+      probes = probe_workdir(BASE)
+      POOLINGS = [k for k in probes if isinstance(probes[k], dict)]
+      for pooling in POOLINGS:
+          p = probes[pooling]
+          p['trainable_fraction'] = (p['feature_dim'] + 1) * probes['num_classes'] / base['params']
+          print(f"probe ({pooling:>4}): {p['feature_dim']} features, val accuracy {p['accuracy']:.3f} "
+                f"(train {p['train_accuracy']:.3f})")
+      """),
+      md("""
+      ## Trainable fraction vs accuracy
+      In CI (10 steps on a 20-step backbone) every point sits near chance: that run only
+      checks the machinery. The full table is `configs/adaptation_table.py`
+      (docs/adaptation.md).
+      """),
+      code("""
+      fig, ax = plt.subplots(figsize=(7, 4))
+      for m, s in results.items():
+          ax.scatter(s['trainable_fraction'], s['val_accuracy'], s=45)
+          ax.annotate(m, (s['trainable_fraction'], s['val_accuracy']), textcoords='offset points', xytext=(5, 4))
+      for pooling in POOLINGS:
+          p = probes[pooling]
+          ax.scatter(p['trainable_fraction'], p['accuracy'], marker='s', c='k', s=35)
+          ax.annotate(f'probe ({pooling})', (p['trainable_fraction'], p['accuracy']),
+                      textcoords='offset points', xytext=(5, -10))
+      ax.axhline(1 / probes['num_classes'], ls='--', c='gray', label='chance')
+      ax.set_xscale('log'); ax.set_xlabel('trainable fraction of the parameters')
+      ax.set_ylabel('val accuracy (8 speakers)'); ax.legend(); plt.show()
+      """),
+      md("""
+      ## LoRA merges into the base weights
+      `merge_lora` folds (α/r)·A·B into each adapted kernel and drops LoRA from the config:
+      the base model's shape and cost, the same function.
+      """),
+      code("""
+      import functools
+      from lm import workdir as workdir_lib
+      from lm.adapt.merge import merge_lora
+      from lm.adapt.pretrained import load_params
+      from lm.data.tokenizers import load_tokenizer
+      from lm.models.gpt import GPT
+      lora_values, lora_params, _ = load_params(os.path.join(root, 'lora'))
+      base_values, base_params, _ = load_params(BASE)
+      lora_config, base_config = from_dict(lora_values).model, from_dict(base_values).model
+      backbone = lora_params['backbone']  # the classifier's GPT, with its trained LoRA pairs
+      merged, merged_config = merge_lora(backbone, lora_config)
+      tok = load_tokenizer(os.path.join(BASE, workdir_lib.TOKENIZER))
+      x = jnp.asarray([tok.encode('ROMEO:\\nWhat light through yonder window')[:base_config.max_len]])
+
+      @functools.partial(jax.jit, static_argnums=0)
+      def logits(config, params):
+          return GPT(config).apply({'params': params}, x)[0]
+
+      def size(params):
+          return sum(a.size for a in jax.tree.leaves(params))
+
+      unmerged = np.asarray(logits(lora_config, backbone))
+      print(f'parameters: {size(backbone):,} with LoRA, {size(merged):,} merged, {size(base_params):,} base')
+      print(f'max |merged - unmerged| logits = {np.abs(np.asarray(logits(merged_config, merged)) - unmerged).max():.2e}')
+      print(f'max |LoRA - base| logits       = {np.abs(np.asarray(logits(base_config, base_params)) - unmerged).max():.2e}'
+            '  (what the fine-tuning changed)')
+      """),
+      md("""
+      ## Few-shot prompting: accuracy vs k
+      No weights change: the prompt shows k examples `input -> output` and the model must
+      continue the query (`lm/icl/prompts.py`). `lm.icl.harness.evaluate` scores it by greedy
+      exact match (`generate`) or by the most likely of the candidate answers (`choice`).
+      Off CI the notebook pretrains a GPT on rows of one unnamed string task each
+      (`configs/icl_strings.py`); in CI it asks the tiny Shakespeare model (separator `: `,
+      option scoring only), which never saw such strings, so its curve says nothing about
+      ICL. Measured numbers: docs/icl.md and docs/reproductions.md (`python -m experiments.icl`).
+      """),
+      code("""
+      from lm.icl import harness, suites
+      from lm.icl.loading import load_decoder
+      from lm.tasks.icl_strings import eval_suite
+      if SIZE == 'smoke':
+          decoder = load_decoder(BASE)  # Shakespeare never showed it these tasks: held out
+          tasks = suites.string_suite('', 'copy,reverse,uppercase', separator=': ')
+          shots, methods, num_eval = (0, 1, 2), ('choice',), 16
+      else:
+          c = icl_strings.get_config(f"steps={300 if SIZE == 'cpu' else 500}")
+          icl_run = run(from_dict(c.to_dict()), os.path.join(root, 'icl'))
+          print(f"icl_strings: {icl_run['steps']} steps, answers' loss {icl_run['val_first_loss']:.2f} "
+                f"with no example before them, {icl_run['val_later_loss']:.2f} after >= 4")
+          decoder = load_decoder(os.path.join(root, 'icl'))
+          tasks = eval_suite(decoder.config.task_config)
+          shots, methods, num_eval = (0, 1, 2, 4, 8), ('generate', 'choice'), 32
+      icl = {m: harness.evaluate(decoder.model, decoder.params, decoder.tokenizer, tasks, shots=shots,
+                                 num_eval=num_eval, method=m, description=SIZE != 'smoke') for m in methods}
+      first = icl[methods[0]]['tasks'][tasks[0].name]['samples']
+      print('a 1-shot prompt:', repr(first['k=1']['prompt']), '->', repr(first['k=1']['output']))
+      fig, ax = plt.subplots(figsize=(6, 3.5))
+      for m, res in icl.items():
+          for group, means in res['means'].items():
+              ks = [k for k in shots if means[f'k={k}'] is not None]
+              ax.plot(ks, [means[f'k={k}'] for k in ks], 'o-' if m == 'generate' else 's--',
+                      label=f'{m}, {harness.GROUP_NAMES[group]}')
+      ax.set_xlabel('k (examples in the prompt)'); ax.set_ylabel('accuracy'); ax.set_xticks(shots)
+      ax.legend(fontsize=8); plt.show()
+      display(Markdown(harness.format_table(icl[methods[0]])))
       """),
   ]
 
