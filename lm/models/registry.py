@@ -10,7 +10,7 @@ from lm.models.gpt import GPT, GPTConfig
 from lm.models.ngram import NGramConfig, NGramLM
 from lm.models.rnn import RecurrentConfig, RecurrentLM
 from lm.models.ssm import SSMLM, SSMConfig
-from lm.models.vit import CaptionConfig, ImageCaptioner
+from lm.models.vit import CaptionConfig, ImageCaptioner, ViT, ViTConfig
 
 FAMILIES = {
     "gpt": (GPTConfig, GPT),
@@ -21,6 +21,7 @@ FAMILIES = {
     "ssm": (SSMConfig, SSMLM),  # gated linear recurrence (Hawk / RG-LRU); task "causal_lm"
     "clip": (CLIPConfig, CLIP),  # ViT + text tower, contrastive; task "clip"
     "caption": (CaptionConfig, ImageCaptioner),  # ViT encoder + text decoder; "captioning"
+    "vit": (ViTConfig, ViT),  # ViT + linear head (model.num_classes); task "image_classify"
 }
 
 

@@ -30,6 +30,7 @@ _TASKS = {
     # images and text (docs/multimodal.md), on the synthetic shapes captions
     "clip": ("lm.tasks.clip", "CLIPTaskConfig"),  # contrastive dual encoder ("clip" family)
     "captioning": ("lm.tasks.captioning", "CaptioningConfig"),  # ViT + text decoder ("caption")
+    "image_classify": ("lm.tasks.image_classify", "ImageClassifyConfig"),  # ViT, 16 classes
     # adapting a pretrained backbone (docs/adaptation.md): a head on pooled features
     "classify": ("lm.tasks.classify", "ClassifyConfig"),  # who speaks this line
 }
