@@ -59,7 +59,7 @@ def executed(tmp_path_factory):
 
 
 def test_the_issue_notebooks_exist():
-  for prefix in ("00_", "01_", "02_", "03_", "05_", "06_", "07_"):
+  for prefix in ("00_", "01_", "02_", "03_", "04_", "05_", "06_", "07_"):
     assert any(n.startswith(prefix) for n in NOTEBOOKS), prefix
 
 
