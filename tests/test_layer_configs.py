@@ -33,10 +33,14 @@ def _run(workdir, *flags, config="configs/shakespeare_char.py:smoke"):
      "--config.model.qk_norm=True", "--config.model.logit_softcap=20",
      "--config.model.attention_pattern=local_strided", "--config.model.attention_window=8",
      "--config.model.attention_stride=4"),
-    ("--config.model.position=alibi", "--config.model.mlp=geglu",
-     "--config.model.attention_pattern=strided", "--config.model.attention_stride=4"),
-    ("--config.model.position=sinusoidal", "--config.model.num_heads=4",
-     "--config.model.num_kv_heads=2", "--config.model.remat=dots"),
+    # The last two combinations are covered in-process too (test_attention_variants,
+    # test_train_memory_options): through the runner only with `make test-all`.
+    pytest.param(("--config.model.position=alibi", "--config.model.mlp=geglu",
+                  "--config.model.attention_pattern=strided",
+                  "--config.model.attention_stride=4"), marks=pytest.mark.slow),
+    pytest.param(("--config.model.position=sinusoidal", "--config.model.num_heads=4",
+                  "--config.model.num_kv_heads=2", "--config.model.remat=dots"),
+                 marks=pytest.mark.slow),
 ])
 def test_gpt_trains_and_samples_with_layer_options(tmp_path, flags):
   result = _run(tmp_path / "w", *flags)
