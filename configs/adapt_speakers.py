@@ -58,10 +58,8 @@ def adapted(pretrained: dict, method: str, init_from: str, steps: int, smoke: bo
   model["dropout"] = 0.0 if family == "gpt" else model.get("dropout", 0.1)
   c.model = ml_collections.ConfigDict(model)
   c.optim = base.optim(lr=m.lr, min_lr=m.lr / 10, warmup_steps=50, weight_decay=0.0)
-  c.train = ml_collections.ConfigDict(dict(
-      num_steps=steps, log_every=50, eval_every=200, checkpoint_every=steps,
-      keep_checkpoints=1, steps_per_call=10, grad_accum_steps=1, best_metric="",
-      best_mode="min", keep_best=1, seed=0))
+  c.train = base.train(num_steps=steps, log_every=50, eval_every=200, checkpoint_every=steps,
+                       keep_checkpoints=1)
   c.sample = ml_collections.ConfigDict(pretrained.get("sample", {}))
   c.sharding = base.sharding()
   if smoke:

@@ -74,6 +74,20 @@ def optim(**overrides) -> ml_collections.ConfigDict:
   return section
 
 
+def train(**overrides) -> ml_collections.ConfigDict:
+  """The `train` section (lm.config.TrainConfig), every key with the dataclass's default, so
+  `--config.train.x=...` overrides work; a config passes only what differs."""
+  import dataclasses
+
+  from lm.config import TrainConfig
+  section = ml_collections.ConfigDict({f.name: f.default for f in dataclasses.fields(TrainConfig)})
+  unknown = sorted(set(overrides) - set(section))
+  if unknown:
+    raise ValueError(f"unknown train keys {unknown}")
+  section.update(overrides)
+  return section
+
+
 def adaptation(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Adds the adaptation keys (docs/adaptation.md), so any LM config takes
   `--config.init_from=DIR`, `--config.trainable="('lora_',)"` and the PEFT model options

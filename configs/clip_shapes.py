@@ -66,14 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.optim = base.optim(lr=1e-3, min_lr=1e-5, warmup_steps=100, weight_decay=0.1)
 
-  c.train = ml_collections.ConfigDict()
-  c.train.num_steps = 1000
-  c.train.log_every = 10
-  c.train.eval_every = 250
-  c.train.checkpoint_every = 500
-  c.train.keep_checkpoints = 2
-  c.train.steps_per_call = 10
-  c.train.seed = 0
+  c.train = base.train(num_steps=1000, keep_checkpoints=2)
 
   c.sharding = base.sharding()
 

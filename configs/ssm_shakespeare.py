@@ -58,14 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.optim = base.optim()
 
-  c.train = ml_collections.ConfigDict()
-  c.train.num_steps = 2000
-  c.train.log_every = 10
-  c.train.eval_every = 250
-  c.train.checkpoint_every = 500
-  c.train.keep_checkpoints = 3
-  c.train.steps_per_call = 10
-  c.train.seed = 0
+  c.train = base.train()  # the lecture table's Transformer budget: 2000 steps
 
   c.sharding = base.sharding()
 
