@@ -13,14 +13,12 @@ import jax
 import numpy as np
 
 from lm import config as config_lib
-from lm import workdir as workdir_lib
 from lm.adapt.pretrained import load_params
 from lm.data.corpus import read_text
 from lm.data.speakers import speaker_splits
-from lm.data.tokenizers import load_tokenizer
 from lm.eval.probe import fit_linear_probe
 from lm.models.registry import build_model
-from lm.tasks.classify import POOLINGS, encode_lines, pooled_features
+from lm.tasks.classify import POOLINGS, encode_lines, pooled_features, tokenizer_for
 
 
 def features(model, params, family: str, pooling: str, tokens, valid, batch_size: int = 256):
@@ -48,13 +46,9 @@ def probe_workdir(workdir: str, num_speakers: int = 8, seq_len: int = 48, l2: fl
   family = config.family
   model = build_model(family, config.model)
   params = jax.device_put(params)
-  base = load_tokenizer(os.path.join(workdir, workdir_lib.TOKENIZER))
-  if family == "bert":
-    from lm.tasks.mlm_nsp import BertTokenizer
-    tokenizer = BertTokenizer(base)
-  else:
-    tokenizer = base
-  splits = speaker_splits(read_text(config.data.path), num_speakers)
+  text = read_text(config.data.path)
+  tokenizer = tokenizer_for(config, workdir, text)  # the workdir's own, as the model saw text
+  splits = speaker_splits(text, num_speakers)
   seq_len = min(seq_len, config.model.max_len)
   encoded = {s: encode_lines(splits[s][0], tokenizer, family, seq_len) for s in splits}
   results = {"workdir": os.path.abspath(workdir), "step": step, "family": family,

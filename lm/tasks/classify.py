@@ -124,7 +124,8 @@ def classify_loss(classifier: Classifier):
   return loss_fn
 
 
-def _tokenizer(config, workdir: str, text: str):
+def tokenizer_for(config, workdir: str, text: str):
+  """The workdir's tokenizer (else one built from `text`), with BERT's special tokens for bert."""
   path = os.path.join(workdir, workdir_lib.TOKENIZER)
   base = (load_tokenizer(path) if os.path.exists(path) else
           build_tokenizer(config.data.tokenizer, text, config.data.vocab_size))
@@ -151,7 +152,7 @@ def build(config, workdir: str):
   pooling = pooling_for(config.family, tc.pooling)
   text = read_text(d.path)
   splits = speaker_splits(text, tc.num_speakers, tc.val_fraction, tc.split_seed)
-  tokenizer = _tokenizer(config, workdir, text)
+  tokenizer = tokenizer_for(config, workdir, text)
   config = with_vocab(config, tokenizer.vocab_size)
   if d.seq_len > config.model.max_len:
     raise UserError(f"data.seq_len={d.seq_len} exceeds model.max_len={config.model.max_len}")
