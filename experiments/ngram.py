@@ -5,10 +5,11 @@
 
 Writes config.json, tokenizer.json, metrics.jsonl (one row), summary.json (val_loss in
 nats/token, val_ppl including OOV tokens, val_ppl_excl_oov, oov_tokens, build_time_s,
-...) and, for Kneser-Ney, model.arpa. Scoring follows KenLM's `query`: in sentence
-mode every word and each </s> is scored; OOV tokens are `<unk>`, and "excluding OOV"
-drops their own log-probabilities (the words after them keep theirs). In stream mode
-every validation token after the first is scored, as in the neural runner's eval.
+...), ngram_model.npz (the fitted model that --mode=sample/score reload,
+lm/models/ngram_io.py) and, for Kneser-Ney, model.arpa. Scoring follows KenLM's
+`query`: in sentence mode every word and each </s> is scored; OOV tokens are `<unk>`,
+and "excluding OOV" drops their own log-probabilities (the words after them keep
+theirs). In stream mode every validation token after the first is scored, as in the neural runner's eval.
 """
 
 import dataclasses
@@ -25,6 +26,8 @@ from lm.data.corpus import read_text, split_text
 from lm.data.tokenizers import UNK, build_tokenizer
 from lm.models.ngram import NGramConfig, NGramLM, TokenStream
 from lm.models.ngram_arpa import write_arpa
+from lm.models.ngram_io import FILE as NGRAM_MODEL
+from lm.models.ngram_io import decode_ids, save_ngram, sentence_lines
 from lm.models.ngram_sampling import generate
 from lm.train.metrics import write_json
 
@@ -52,21 +55,7 @@ class Corpus:
     return strings + ([BOS, EOS] if self.bos is not None else [])
 
   def decode(self, ids) -> str:
-    """Tokenizer text; in sentence mode </s> ends a line."""
-    lines, current = [], []
-    for i in np.asarray(ids).tolist():
-      if i == self.eos:
-        lines.append(self.tokenizer.decode(current))
-        current = []
-      elif i != self.bos:
-        current.append(i)
-    return "\n".join(lines + [self.tokenizer.decode(current)])
-
-
-def _lines(text: str) -> list[str]:
-  """Lines as `lmplz` reads them: a final newline does not start an empty sentence."""
-  lines = text.split("\n")
-  return lines[:-1] if text.endswith("\n") else lines
+    return decode_ids(self.tokenizer, ids, self.bos, self.eos)
 
 
 def load_corpus(data: config_lib.DataConfig) -> Corpus:
@@ -82,7 +71,8 @@ def load_corpus(data: config_lib.DataConfig) -> Corpus:
   V = tokenizer.vocab_size
   if data.per_line:
     bos, eos = V, V + 1
-    encode = lambda t: TokenStream.from_sequences(map(tokenizer.encode, _lines(t)), bos, eos)
+    encode = lambda t: TokenStream.from_sequences(map(tokenizer.encode, sentence_lines(t)),
+                                                  bos, eos)
     train, val = encode(train_text), encode(val_text)
     vocab_size = V + 2
   else:
@@ -156,6 +146,7 @@ def run(config: config_lib.ExperimentConfig, workdir: str) -> dict:
   model, metrics = fit_and_score(config.model, corpus)
   config_lib.save_json(config, os.path.join(workdir, workdir_lib.CONFIG))
   corpus.tokenizer.save(os.path.join(workdir, workdir_lib.TOKENIZER))
+  save_ngram(model, os.path.join(workdir, NGRAM_MODEL))
   if config.model.smoothing == "kneser_ney":
     write_arpa(model, os.path.join(workdir, ARPA), corpus.token_strings())
 
