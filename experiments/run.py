@@ -3,6 +3,7 @@
   python -m experiments.run --config=configs/X.py --workdir=DIR [--config.a.b=v ...]
   python -m experiments.run --workdir=DIR --mode=sample --prompt="ROMEO:" --temperature=0.8
   python -m experiments.run --workdir=DIR --mode=score --text="To be, or not to be"
+  python -m experiments.run --workdir=T5_DIR --mode=sample --prompt=SOURCE --beam_size=4
   python -m experiments.run --mode=embed --hf_checkpoint=HF_BERT_DIR --text="To be"
 
 `--mode=train` dispatches to `experiments/<config.kind>.py::run(config, workdir)`
@@ -26,7 +27,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created if missing).")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "score", "embed"], "What to do.")
-_PROMPT = flags.DEFINE_string("prompt", None, "sample: text to continue.")
+_PROMPT = flags.DEFINE_string("prompt", None, "sample: text to continue (encoder-decoder: the "
+                              "source); score: what --text is conditioned on.")
 _TEMPERATURE = flags.DEFINE_float("temperature", None, "sample: 0 argmax, 1 model, inf uniform.")
 _TOP_K = flags.DEFINE_integer("top_k", None, "sample: keep the k most likely tokens (0 = off).")
 _TOP_P = flags.DEFINE_float("top_p", None, "sample: nucleus mass (1 = off).")
@@ -34,6 +36,8 @@ _MAX_NEW = flags.DEFINE_integer("max_new_tokens", None, "sample: tokens to gener
 _SEED = flags.DEFINE_integer("seed", None, "sample: random seed.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "sample: independent samples.")
 _TEXT = flags.DEFINE_string("text", None, "score: the text to score.")
+_BEAM_SIZE = flags.DEFINE_integer("beam_size", 0, "sample: beam search width (encoder-decoder; "
+                                  "0 or 1 = greedy / sampling).")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator", None, "Multi-process runs: HOST:PORT of process 0 (jax.distributed).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process runs: how many.")
@@ -144,12 +148,12 @@ def _main(argv):
     from experiments.sample import sample
     sample(workdir, prompt=_PROMPT.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
            top_p=_TOP_P.value, max_new_tokens=_MAX_NEW.value, seed=_SEED.value,
-           num_samples=_NUM_SAMPLES.value)
+           num_samples=_NUM_SAMPLES.value, beam_size=_BEAM_SIZE.value)
   else:
     from experiments.sample import score
     if _TEXT.value is None:
       raise UserError("--mode=score needs --text")
-    score(workdir, _TEXT.value)
+    score(workdir, _TEXT.value, _PROMPT.value)
 
 
 def _flag_error(error: Exception, argv: list[str]) -> str:
