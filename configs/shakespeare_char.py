@@ -74,6 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.attention_window = 32
   c.model.attention_stride = 8
   c.model.remat = "none"  # none | full | dots: rematerialise block activations
+  c.model.scan_layers = False  # one nn.scan over identical blocks (compile time flat in depth)
 
   c.optim = base.optim()
 

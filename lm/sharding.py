@@ -53,6 +53,10 @@ PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
     # FSDP plus expert parallelism: each expert's weights live on one `expert` slice.
     "fsdp_ep": {"batch": _BATCH + ("expert",), "embed": ("fsdp",), "expert": ("expert",)},
 }
+# Scanned layer stacks (model.scan_layers) keep their leading `layers` axis whole in every
+# preset: the scan reads one layer per iteration, and each device holds its slice of all.
+for _preset in PRESETS.values():
+  _preset["layers"] = ()
 
 
 class ShardingError(UserError):

@@ -34,6 +34,7 @@ from lm.layers.positions import (
 )
 from lm.layers.precision import MATMUL_DTYPES
 from lm.layers.sparse_attention import LAYOUTS, layer_patterns
+from lm.models.scan_layers import scanned_blocks, stack_caches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +63,7 @@ class GPTConfig(PEFTFields):  # + LoRA / adapter / prefix / prompt fields (lm/la
   attention_window: int = 32  # local layers: each token sees itself and window - 1 before
   attention_stride: int = 8  # strided layers: keys at distances 0, s, 2s, ...
   remat: str = "none"  # none | full | dots: recompute activations in the backward pass
+  scan_layers: bool = False  # one nn.scan over stacked blocks: compile time flat in depth
   # --- DeepSeek-style layers (docs/deepseek.md) ---
   attention: str = "mha"  # mha (GQA/MQA via num_kv_heads) | mla (latent KV, lm/layers/mla.py)
   mla_kv_rank: int = 32  # mla: latent dim d_c of the joint key/value compression (cached)
@@ -134,6 +136,23 @@ class GPTConfig(PEFTFields):  # + LoRA / adapter / prefix / prompt fields (lm/la
       if self.attention_pattern != "dense":
         raise ValueError("model.attention=mla supports attention_pattern=dense only")
       self.mla_config()
+    if self.scan_layers:
+      self.check_scannable()
+
+  def check_scannable(self):
+    """scan_layers needs L identical blocks; name the first option that breaks that."""
+    reasons = {
+        "attention_pattern": self.attention_pattern not in ("dense", "local", "strided"),
+        "mlp=moe (per-layer MoE statistics and balance-bias updates)": self.mlp == "moe",
+        "prefix_len / prompt_len (per-layer prefixes)": bool(self.prefix_len or self.prompt_len),
+        "position=t5 (one bias module shared by the layers)": self.position == "t5",
+    }
+    for what, broken in reasons.items():
+      if broken:
+        detail = (f"={self.attention_pattern!r} alternates layer kinds"
+                  if what == "attention_pattern" else "")
+        raise ValueError(f"model.scan_layers needs identical layers; {what}{detail} is not "
+                         f"supported with it")
 
   def moe_config(self) -> MoEConfig:
     return MoEConfig(
@@ -184,12 +203,15 @@ class GPT(nn.Module):
   config: GPTConfig
 
   def init_cache(self, batch: int, length: int | None = None) -> list[KVCache]:
+    """One cache per layer; with scan_layers one cache whose leaves have a leading L axis."""
     c = self.config
     if c.attention == "mla":  # only the latent and the shared RoPE key (lm/layers/mla.py)
-      return [MLACache.zeros(batch, length or c.max_len, c.mla_kv_rank, c.mla_rope_dim)
-              for _ in range(c.num_layers)]
-    return [KVCache.zeros(batch, length or c.max_len, c.num_kv_heads or c.num_heads, c.head_dim)
-            for _ in range(c.num_layers)]
+      caches = [MLACache.zeros(batch, length or c.max_len, c.mla_kv_rank, c.mla_rope_dim)
+                for _ in range(c.num_layers)]
+    else:
+      caches = [KVCache.zeros(batch, length or c.max_len, c.num_kv_heads or c.num_heads,
+                              c.head_dim) for _ in range(c.num_layers)]
+    return stack_caches(caches) if c.scan_layers else caches
 
   def _add_positions(self, x_BTD, positions_BT, learned: LearnedPositions | None):
     c = self.config
@@ -239,7 +261,8 @@ class GPT(nn.Module):
       positions_BT = jnp.broadcast_to(cache_index + jnp.arange(T)[None, :], (B, T))
     positions_BT = positions_BT + P
     if caches is not None:
-      key_len = jax.tree.leaves(caches[0])[0].shape[1]  # KVCache or MLACache: B S ...
+      # KVCache or MLACache leaves: B S ... per layer, L B S ... when scanned.
+      key_len = jax.tree.leaves(caches)[0].shape[2 if c.scan_layers else 1]
       key_positions_BS = jnp.broadcast_to(P + jnp.arange(key_len)[None, :], (B, key_len))
     else:
       key_positions_BS = positions_BT
@@ -263,6 +286,12 @@ class GPT(nn.Module):
     x_BTD = nn.Dropout(c.dropout, deterministic=deterministic)(x_BTD)
     x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "act_embed"))
 
+    if c.scan_layers:  # check_scannable guarantees identical layers and no prefixes
+      x_BTD, new_caches = scanned_blocks(
+          c.block_config(c.attention_pattern), c.num_layers, c.remat, bias_fn, deterministic)(
+          x_BTD, caches, mask_B1TS, positions_BT, cache_index)
+      return self._head(embed, x_BTD, new_caches, return_hidden)
+
     block = block_class(c.remat)
     blocks = [block(c.block_config(pattern, i), name=f"block_{i}")
               for i, pattern in enumerate(layer_patterns(c.attention_pattern, c.num_layers))]
@@ -283,13 +312,16 @@ class GPT(nn.Module):
           cache=None if caches is None else caches[i], cache_index=cache_index,
           prefix_kv=prefix_kv[i], deterministic=deterministic)
       new_caches.append(cache)
+    return self._head(embed, x_BTD, new_caches if caches is not None else None, return_hidden)
 
+  def _head(self, embed, x_BTD, new_caches, return_hidden: bool):
+    c = self.config
     # Multi-token prediction (lm/tasks/mtp_lm.py) reads the last hidden state; a no-op
     # unless the caller makes "intermediates" mutable.
     self.sow("intermediates", "final_hidden_BTD", x_BTD)
     x_BTD = make_norm(c.norm, "ln_final", c.use_bias)(x_BTD)
     if return_hidden:  # features for classification heads and probes
-      return x_BTD, (new_caches if caches is not None else None)
+      return x_BTD, new_caches
     if c.tie_embeddings:
       logits_BTV = embed.attend(x_BTD)
     else:
@@ -299,4 +331,4 @@ class GPT(nn.Module):
           kernel_init=init.with_names(nn.initializers.lecun_normal(), ("embed", "vocab")))(x_BTD)
     logits_BTV = nn.with_logical_constraint(logits_BTV.astype(jnp.float32),
                                             ("batch", "length", "act_vocab"))
-    return logits_BTV, (new_caches if caches is not None else None)
+    return logits_BTV, new_caches
