@@ -37,8 +37,8 @@ def test_palm_flops_equal_three_times_forward_matmuls(kw):
   assert got == pytest.approx(3 * forward_per_token, rel=1e-9)
 
 
-def test_other_families_fall_back_to_six_flops_per_parameter():
-  assert mfu.model_flops_per_token("bert", None, 128, num_params=1000) == 6000.0
+def test_families_without_a_formula_fall_back_to_six_flops_per_parameter():
+  assert mfu.model_flops_per_token("vit", None, 128, num_params=1000) == 6000.0
 
 
 def test_peak_is_measured_and_cached(tmp_path, monkeypatch):

@@ -1,5 +1,8 @@
 """Exact parameter counts (every family) and FLOPs per token (GPT family) of a config.
 
+FLOPs of the other families (BERT, encoder-decoder, RNN, SSM) and of MTP heads:
+lm/scaling/flops.py.
+
 Scaling laws are stated in terms of N, the *non-embedding* parameter count (Kaplan
 et al. 2020: token and position embeddings, and an untied unembedding matrix, are
 excluded; we count T5's relative-position biases as position embeddings too), and C,
@@ -251,14 +254,44 @@ def forward_matmul_flops(config, seq_len: int) -> int:
   Counts every dense matmul as computed: the projections and MLP, attention scores
   and weighted sums over the full T x T square (the causal mask is applied after the
   product, so the masked half is computed too), and the output logits. Block-sparse
-  layouts skip blocks, so for them this is the dense upper bound.
+  layouts skip blocks, so for them this is the dense upper bound. MoE layers count the
+  router, the top-k routed experts and the shared experts a token actually uses (not
+  the padding rows of the grouped matmul); MLA counts its down/up projections and its
+  scores over content + RoPE dims.
   """
   s = _shape(config)
-  weights, _ = _block_matrices(s)
   T = seq_len
-  per_layer = 2 * T * weights + 2 * 2 * T * T * s["nq"] * s["H"]
   logits = 2 * T * s["d"] * s["V"]
+  if getattr(config, "mlp", "") == "moe" or getattr(config, "attention", "mha") == "mla":
+    return sum(layer_forward_flops(config, i, T) for i in range(s["L"])) + logits
+  weights, _ = _block_matrices(s)
+  per_layer = 2 * T * weights + 2 * 2 * T * T * s["nq"] * s["H"]
   return s["L"] * per_layer + logits
+
+
+def layer_forward_flops(config, layer: int, seq_len: int) -> int:
+  """Matmul FLOPs of block `layer` of a GPT (any attention and MLP kind) over T tokens."""
+  c, T = config, seq_len
+  s = _shape(c)
+  d = s["d"]
+  if getattr(c, "attention", "mha") == "mla":
+    norms = (c.mla_q_rank or 0) + c.mla_kv_rank  # the RMSNorm scales inside _mla_params
+    attn_weights = _mla_params(c) - norms
+    h = getattr(c, "mla_head_dim", 0) or c.embed_dim // c.num_heads
+    score_width = c.num_heads * (h + c.mla_rope_dim) + c.num_heads * h  # q.k, then p.v
+  else:
+    attn_weights, _ = _block_matrices(dict(s, F=0, mlp="gelu"))
+    score_width = 2 * s["nq"] * s["H"]
+  act = c.moe_activation if getattr(c, "mlp", "") == "moe" else c.mlp
+  if _is_moe_layer(c, layer):
+    width = c.moe_expert_dim or c.mlp_dim
+    expert = _mlp_params(d, width, act, False)
+    mlp_weights = d * c.moe_num_experts + c.moe_top_k * expert  # router + top-k experts
+    if c.moe_num_shared:
+      mlp_weights += _mlp_params(d, c.moe_num_shared * width, act, False)
+  else:
+    mlp_weights = _mlp_params(d, s["F"], act, False)
+  return 2 * T * (attn_weights + mlp_weights) + 2 * T * T * score_width
 
 
 def train_matmul_flops_per_token(config, seq_len: int) -> float:

@@ -4,7 +4,9 @@ Model FLOPs follow PaLM (Chowdhery et al. 2022, appendix B): 6 per matmul weight
 token (forward 2, backward 4), counting the output projection onto the vocabulary, plus
 12·L·H·Q·T for attention scores and weighted sums. The attention term is *not* halved
 for causal masks (the masked half is computed anyway); embedding lookups, norms and
-softmax are not counted. MFU = tokens/s × model FLOPs per token / peak FLOP/s.
+softmax are not counted. A MoE layer counts the weights a token uses (router, top-k
+routed and shared experts), not all experts. Every family's count is in
+lm/scaling/flops.py. MFU = tokens/s × model FLOPs per token / peak FLOP/s.
 
 The peak is measured, not taken from a datasheet: a large square matmul in the run's
 matmul dtype, timed on this machine's devices, cached in ~/.cache/lm/peak_flops.json
@@ -23,14 +25,30 @@ CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cac
                      "peak_flops.json")
 
 
-def model_flops_per_token(family: str, model_config, seq_len: int, num_params: int) -> float:
-  """PaLM-convention training FLOPs per token; 6 x params for families without a formula."""
-  if family != "gpt":
-    return 6.0 * num_params
-  # Every matmul of the forward pass (projections, MLP, full T x T attention, logits),
-  # times 3 for forward + backward: exactly 6 per weight + 12·L·H·Q·T.
-  from lm.scaling.counting import train_matmul_flops_per_token
-  return train_matmul_flops_per_token(model_config, seq_len)
+def model_flops_per_token(family: str, model_config, seq_len: int, num_params: int, *,
+                          target_len: int = 0, mtp_depth: int = 0) -> float:
+  """PaLM-convention training FLOPs per token (lm/scaling/flops.py: every family's
+  matmuls as computed, MoE counting the experts a token uses, plus MTP depths);
+  6 x params for families without a formula (ViT, CLIP, captioning)."""
+  from lm.scaling.flops import train_flops_per_token
+  flops = train_flops_per_token(family, model_config, seq_len, target_len=target_len,
+                                mtp_depth=mtp_depth)
+  return 6.0 * num_params if flops is None else flops
+
+
+def run_flops_per_token(config, task, num_params: int) -> float:
+  """A training run's FLOPs per token, in the unit of its task's `tokens_per_step`:
+  encoder-decoder tasks count source + target tokens (lengths from an eval batch), MTP
+  tasks add their depths (`task_config.depth`)."""
+  target_len = 0
+  if config.family == "encdec" and task.eval_batches:
+    batch = task.eval_batches[0]
+    seq_len, target_len = batch["inputs"].shape[-1], batch["targets"].shape[-1]
+  else:
+    seq_len = config.data.seq_len
+  return model_flops_per_token(config.family, config.model, seq_len, num_params,
+                               target_len=target_len,
+                               mtp_depth=getattr(config.task_config, "depth", 0) or 0)
 
 
 def peak_dtype(matmul_dtype: str) -> str:
