@@ -4,20 +4,31 @@
 - beam 1 == greedy (length penalty 0);
 - a beam wide enough to never prune returns exactly the best hypotheses of a brute-force
   enumeration of every sequence, each scored by one teacher-forced forward pass;
-- a narrow beam's scores equal the teacher-forced scores of the sequences it returns.
+- a narrow beam's scores equal the teacher-forced scores of the sequences it returns;
+- the cross-attention keys/values are the encoder output's projections, computed once
+  per source: no matmul inside the decoding loop reads the encoder output.
 """
 
 import functools
 import itertools
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_encdec import random_params
 
-from lm.decoding import beam_search, greedy_decode, length_penalty_factor, strip_after_eos
-from lm.models.encdec import EncDecConfig, EncoderDecoder, shift_right
+from lm.decoding import (
+  _beam_search,
+  _greedy,
+  beam_search,
+  greedy_decode,
+  length_penalty_factor,
+  strip_after_eos,
+)
+from lm.layers.attention import CROSS_KV
+from lm.models.encdec import EncDecConfig, EncoderDecoder, cross_kv_of, shift_right
 
 PAD, EOS = 0, 1
 
@@ -174,3 +185,55 @@ def test_bad_arguments_are_user_errors(small):
     greedy_decode(model, params, sources, max_len=9, eos_id=EOS)
   with pytest.raises(UserError, match="length_penalty"):
     beam_search(model, params, sources, beam_size=2, max_len=4, eos_id=EOS, length_penalty=-1)
+
+
+def _loop_bodies(jaxpr):
+  """The body jaxprs of every while loop in `jaxpr`, searching nested calls too."""
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "while":
+      yield eqn.params["body_jaxpr"].jaxpr
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      yield from _loop_bodies(sub)
+
+
+def _matmuls_reading(jaxpr, shape) -> int:
+  """dot_generals (at any depth) with an operand of `shape`."""
+  count = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      count += any(getattr(v.aval, "shape", None) == shape for v in eqn.invars)
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      count += _matmuls_reading(sub, shape)
+  return count
+
+
+def test_cross_attention_keys_values_are_projected_once_per_source(small):
+  """The cached K/V equal the encoder output times each layer's key/value kernels, and
+  the decoding loop never multiplies the encoder output again (the recompute path does)."""
+  model, params, sources = small
+  B, S = sources.shape
+  encoded = model.apply({"params": params}, sources, method="encode")
+  start = jnp.zeros((B, 1), jnp.int32)
+  _, sown = model.apply({"params": params}, start, encoded, sources,
+                        caches=model.init_cache(B), method="decode", mutable=[CROSS_KV])
+  cross_kv = cross_kv_of(sown)
+  assert len(cross_kv) == model.config.num_decoder_layers
+  for layer, kv in enumerate(cross_kv):
+    p = params[f"decoder_blocks_{layer}"]["cross_attn"]
+    for got, proj in zip(kv, (p["key"], p["value"])):
+      want = np.einsum("bsd,dkh->bskh", np.asarray(encoded, np.float64),
+                       np.asarray(proj["kernel"], np.float64)) + np.asarray(proj["bias"])
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+  def loop_matmuls_on_encoded(cache_cross_kv, search):
+    jaxpr = jax.make_jaxpr(search(cache_cross_kv))(params, sources).jaxpr
+    return sum(_matmuls_reading(body, encoded.shape) for body in _loop_bodies(jaxpr))
+
+  for search in (lambda c: functools.partial(_greedy, model, max_len=8, eos_id=EOS, pad_id=PAD,
+                                             cache_cross_kv=c),
+                 lambda c: functools.partial(_beam_search, model, beam_size=1, max_len=8,
+                                             eos_id=EOS, pad_id=PAD, length_penalty=0.0,
+                                             cache_cross_kv=c)):
+    # Recomputing: a key and a value projection per decoder layer at every step.
+    assert loop_matmuls_on_encoded(False, search) == 2 * model.config.num_decoder_layers
+    assert loop_matmuls_on_encoded(True, search) == 0

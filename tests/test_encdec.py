@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm.models.encdec import EncDecConfig, EncoderDecoder, shift_right
+from lm.layers.attention import CROSS_KV
+from lm.models.encdec import EncDecConfig, EncoderDecoder, cross_kv_of, shift_right
 
 V, S, T = 32, 7, 6
 
@@ -109,11 +110,14 @@ def test_cached_decoding_equals_the_full_decoder_forward(position):
   dec_in = np.asarray(shift_right(jnp.asarray(targets)))
   full = np.asarray(jax.jit(model.apply)({"params": params}, source, dec_in))
   encoded = jax.jit(lambda src: model.apply({"params": params}, src, method="encode"))(source)
+  # Prefill two tokens (sowing the cross-attention keys/values), then one token at a time
+  # against those keys/values, as lm/decoding.py does.
+  (logits, caches), sown = jax.jit(lambda toks, caches: model.apply(
+      {"params": params}, toks, encoded, source, caches=caches, cache_index=0, method="decode",
+      mutable=[CROSS_KV]))(dec_in[:, :2], model.init_cache(2))
+  cross_kv = cross_kv_of(sown)
   decode = jax.jit(lambda toks, caches, i: model.apply(
-      {"params": params}, toks, encoded, source, caches=caches, cache_index=i, method="decode"))
-  # Prefill two tokens, then one at a time.
-  caches = model.init_cache(2)
-  logits, caches = decode(dec_in[:, :2], caches, 0)
+      {"params": params}, toks, cross_kv, source, caches=caches, cache_index=i, method="decode"))
   got = [np.asarray(logits)]
   for i in range(2, T):
     logits, caches = decode(dec_in[:, i:i + 1], caches, i)

@@ -14,6 +14,11 @@ slots not yet written. Options, each from its paper:
   rope_base     > 0 rotates queries and keys by position (RoPE) in self-attention.
   pattern       dense, or the Sparse Transformer's local / strided patterns computed
                 block-sparsely (lm/layers/sparse_attention.py).
+
+Cross-attention keys/values depend on the encoder output only, so decoding projects them
+once per source: a cross-attention call sows its `KVCache(k, v)` into the collection
+`CROSS_KV` (when the caller makes it mutable), and a later call given that `KVCache` as
+`kv_BSD` skips the key/value projections (lm/decoding.py).
 """
 
 from collections.abc import Callable
@@ -30,6 +35,7 @@ from lm.layers.positions import RopeScaling, apply_rope
 from lm.layers.precision import dot_general_for
 
 BiasFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]  # (q_pos_BT, k_pos_BS) -> B N T S
+CROSS_KV = "cross_kv"  # collection of the cross-attention keys/values a decode step sows
 
 
 class KVCache(NamedTuple):
@@ -112,7 +118,8 @@ class Attention(nn.Module):
   def __call__(self, x_BTD, mask_B1TS, *, q_pos_BT, kv_BSD=None, k_pos_BS=None,
                bias_fn: BiasFn | None = None, cache: KVCache | None = None,
                cache_index=None, prefix_kv=None, deterministic: bool = True):
-    """x_BTD: queries' inputs; kv_BSD: the sequence to attend to (None = self-attention).
+    """x_BTD: queries' inputs; kv_BSD: the sequence to attend to (None = self-attention),
+    or its keys/values as sown earlier in `CROSS_KV` (a `KVCache`: not projected again).
 
     q_pos_BT / k_pos_BS are the positions RoPE, bias_fn and the sparse patterns use;
     k_pos_BS defaults to q_pos_BT (self-attention) or to the cache slots 0..S-1.
@@ -122,15 +129,22 @@ class Attention(nn.Module):
     if self.pattern not in sparse_attention.PATTERNS:
       raise ValueError(f"attention pattern {self.pattern!r}; known: {sparse_attention.PATTERNS}")
     is_self = kv_BSD is None
+    projected = isinstance(kv_BSD, KVCache)  # cross-attention keys/values from an earlier call
     kv_BSD = x_BTD if is_self else kv_BSD
     q_BTNH = self._proj(self.num_heads, ("heads", "head_dim"), "query")(x_BTD)
-    k_BSKH = self._proj(self.kv_heads, ("kv_heads", "head_dim"), "key")(kv_BSD)
-    v_BSKH = self._proj(self.kv_heads, ("kv_heads", "head_dim"), "value")(kv_BSD)
+    if projected:
+      k_BSKH, v_BSKH = kv_BSD
+    else:
+      k_BSKH = self._proj(self.kv_heads, ("kv_heads", "head_dim"), "key")(kv_BSD)
+      v_BSKH = self._proj(self.kv_heads, ("kv_heads", "head_dim"), "value")(kv_BSD)
     if self.qk_norm:
       q_BTNH = nn.RMSNorm(epsilon=1e-6, scale_init=init.ones(("head_dim",)),
                           name="query_norm")(q_BTNH)
-      k_BSKH = nn.RMSNorm(epsilon=1e-6, scale_init=init.ones(("head_dim",)),
-                          name="key_norm")(k_BSKH)
+      if not projected:
+        k_BSKH = nn.RMSNorm(epsilon=1e-6, scale_init=init.ones(("head_dim",)),
+                            name="key_norm")(k_BSKH)
+    if not is_self and not projected and not self.is_initializing():
+      self.sow(CROSS_KV, "kv", KVCache(k_BSKH, v_BSKH))  # a no-op unless CROSS_KV is mutable
     if self.rope_base > 0 and is_self:
       q_BTNH = apply_rope(q_BTNH, q_pos_BT, self.rope_base, self.rope_scaling)
       k_BSKH = apply_rope(k_BSKH, q_pos_BT, self.rope_base,  # new keys sit where queries do
@@ -139,8 +153,8 @@ class Attention(nn.Module):
 
     if cache is not None:
       if not is_self:
-        raise ValueError("the KV cache is for self-attention; cross-attention recomputes "
-                         "keys from the encoder output")
+        raise ValueError("the KV cache is for self-attention; cross-attention takes its "
+                         "projected keys/values as kv_BSD")
       k_BSKH = jax.lax.dynamic_update_slice_in_dim(cache.k_BSKH, k_BSKH, cache_index, axis=1)
       v_BSKH = jax.lax.dynamic_update_slice_in_dim(cache.v_BSKH, v_BSKH, cache_index, axis=1)
       cache = KVCache(k_BSKH, v_BSKH)

@@ -15,7 +15,11 @@ the encoder's self-attention and from cross-attention. The decoder starts from
 shifted right by one (`shift_right`).
 
 Decoding: `encode` once, then `decode` one token at a time with `init_cache()`'s
-per-layer self-attention KV caches, writing at `cache_index` (lm/decoding.py).
+per-layer self-attention KV caches, writing at `cache_index` (lm/decoding.py). The
+cross-attention keys/values depend on the source only: the first decode step, applied
+with the `CROSS_KV` collection mutable, sows them (`cross_kv_of` reads them out per
+layer), and later steps take that list in place of the encoder output, so the
+projections run once per source.
 """
 
 import dataclasses
@@ -26,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from lm.layers import masks as masks_lib
-from lm.layers.attention import KVCache
+from lm.layers.attention import CROSS_KV, KVCache
 from lm.layers.block import BlockConfig, PreLNBlock
 from lm.layers.embed import TokenEmbedding
 from lm.layers.mlp import ACTIVATIONS
@@ -169,12 +173,15 @@ class EncoderDecoder(nn.Module):
   def decode(self, decoder_inputs_BT, encoded_BSD, inputs_BS, *,
              caches: list[KVCache] | None = None, cache_index=0, deterministic: bool = True):
     """Returns (logits_BTV, caches). `inputs_BS` (the source ids) marks encoder padding
-    (None: no padding).
+    (None: no padding). `encoded_BSD` is the encoder output, or the per-layer
+    cross-attention keys/values an earlier step sowed (`cross_kv_of`).
 
     Decoder positions are `cache_index + 0..T-1`; with caches, queries attend over the
     cache slots written so far (the causal mask hides the rest).
     """
     B, T = decoder_inputs_BT.shape
+    projected = isinstance(encoded_BSD, (list, tuple))
+    S = encoded_BSD[0].k_BSKH.shape[1] if projected else encoded_BSD.shape[1]
     positions_BT = _positions(B, T, cache_index)
     if caches is not None:
       key_positions_BC = _positions(B, caches[0].k_BSKH.shape[1])
@@ -182,7 +189,7 @@ class EncoderDecoder(nn.Module):
       key_positions_BC = positions_BT
     self_mask_B1TC = masks_lib.causal_mask(positions_BT, key_positions_BC)
     if inputs_BS is None:  # encoded positions that are all real, e.g. image patches (vit.py)
-      cross_mask_B1TS = jnp.ones((B, 1, 1, encoded_BSD.shape[1]), bool)
+      cross_mask_B1TS = jnp.ones((B, 1, 1, S), bool)
     else:
       cross_mask_B1TS = masks_lib.valid_keys_mask(
           masks_lib.valid_from_tokens(inputs_BS, self.config.pad_id))
@@ -192,7 +199,8 @@ class EncoderDecoder(nn.Module):
       x_BTD, cache = block(x_BTD, self_mask_B1TC, positions_BT=positions_BT,
                            bias_fn=self._bias_fn("decoder"),
                            cache=None if caches is None else caches[i], cache_index=cache_index,
-                           encoded_BSD=encoded_BSD, cross_mask_B1TS=cross_mask_B1TS,
+                           encoded_BSD=encoded_BSD[i] if projected else encoded_BSD,
+                           cross_mask_B1TS=cross_mask_B1TS,
                            deterministic=deterministic)
       new_caches.append(cache)
     x_BTD = self.decoder_norm(x_BTD)
@@ -211,6 +219,23 @@ class EncoderDecoder(nn.Module):
     c = self.config
     return [KVCache.zeros(batch, length or c.max_target_len, c.num_kv_heads or c.num_heads,
                           c.head_dim) for _ in range(c.num_decoder_layers)]
+
+
+def cross_kv_of(sown) -> list[KVCache]:
+  """The cross-attention `KVCache` of every decoder layer, in layer order, from the
+  variables a `decode` call returned with `CROSS_KV` mutable (also when the decoder sits
+  inside another module, as in lm/models/vit.py)."""
+  found = {}
+
+  def visit(tree):
+    for name, sub in tree.items():
+      if name.startswith("decoder_blocks_"):
+        found[int(name.rsplit("_", 1)[1])] = sub["cross_attn"]["kv"][0]
+      elif hasattr(sub, "items"):
+        visit(sub)
+
+  visit(sown[CROSS_KV])
+  return [found[i] for i in range(len(found))]
 
 
 def init_params(model: EncoderDecoder, seed: int, source_len: int | None = None,
