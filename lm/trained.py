@@ -206,8 +206,8 @@ def _addition(workdir: str) -> Trained:
 _SPECIAL = re.compile(r"(<extra_id_\d+>|<mask>)")
 
 
-def _source_ids(tokenizer, text: str) -> np.ndarray:
-  """Plain text with T5 sentinels / BART's <mask> written by name, then EOS."""
+def _encdec_ids(tokenizer, text: str) -> np.ndarray:
+  """A source or target: text with T5 sentinels / BART's <mask> written by name, then EOS."""
   from lm.data.seq2seq_pairs import EOS_ID
   ids = []
   for piece in _SPECIAL.split(text):
@@ -233,7 +233,7 @@ def _encdec(workdir: str) -> Trained:
   length_penalty = getattr(config.task_config, "length_penalty", 0.0)  # seq2seq has one
 
   def source(prompt: str) -> np.ndarray:
-    ids = _source_ids(tokenizer, prompt or "")
+    ids = _encdec_ids(tokenizer, prompt or "")
     if len(ids) > config.model.max_len:
       raise UserError(f"the source has {len(ids)} tokens with EOS; this model reads at most "
                       f"model.max_len={config.model.max_len}")
@@ -260,7 +260,7 @@ def _encdec(workdir: str) -> Trained:
     if prompt is None:
       raise UserError("scoring an encoder-decoder needs the source: --prompt=SOURCE "
                       "(--text is the target)")
-    target = np.append(_encode_nonempty(tokenizer, text, "--text"), EOS_ID).astype(np.int32)
+    target = _encdec_ids(tokenizer, text)
     if len(target) > max_target:
       raise UserError(f"the target has {len(target)} tokens with EOS; this model writes at "
                       f"most model.max_target_len={max_target}")
@@ -336,7 +336,7 @@ def _ngram(workdir: str) -> Trained:
       raise UserError("--text is empty: nothing to score")
     logps = model.logprobs(stream)[keep]
     names = ["</s>" if i == model.eos else tokenizer.decode([int(i)]) for i in ids]
-    notes = {} if sentences or len(context) else {0: "first token: the model's unigram"}
+    notes = {} if sentences or len(context) else {0: "first token: the model's unigram probability"}
     return Scored(ids.tolist(), names, logps, notes, given="prompt" if len(context) else "")
 
   return Trained(f"{config.model.order}-gram {config.model.smoothing} run", config.sample,

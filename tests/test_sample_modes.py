@@ -20,7 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import bert_shakespeare, deepseek_mini, dpo_addition, sft_addition, t5_shakespeare
+from configs import (
+  bert_shakespeare,
+  deepseek_mini,
+  distill_shakespeare,
+  dpo_addition,
+  sft_addition,
+  t5_shakespeare,
+)
 from configs import ngram as ngram_config
 from experiments.sample import sample, score
 from lm import config as config_lib
@@ -83,6 +90,13 @@ def runs(tmp_path_factory):
   shutil.move(grpo / "config.json", grpo / "policy.json")
   (grpo / "config.json").write_text(json.dumps({"kind": "grpo", "init_from": out["sft"]["dir"]}))
   out["grpo"] = {**out["sft"], "dir": str(grpo)}
+  # A causal_lm teacher and a distilled student, again on the MoE model (no new compile).
+  causal = {**{k: v for k, v in mtp.items() if k != "task_config"}, "task": "causal_lm"}
+  (root / "causal").mkdir()
+  out["causal"] = _write_run(causal, root / "causal")
+  distill = distill_shakespeare.get_config(f"smoke,teacher={out['causal']['dir']}").to_dict()
+  (root / "distill").mkdir()
+  out["distill"] = _write_run({**distill, "model": mtp["model"]}, root / "distill")
   return out
 
 
@@ -110,8 +124,8 @@ def _tokenizer(run):
 # --------------------------------------------------------------------------- decoders
 
 
-@pytest.mark.parametrize("name", ["mtp", "moe"])
-def test_moe_and_mtp_greedy_sample_is_the_naive_argmax(runs, name):
+@pytest.mark.parametrize("name", ["mtp", "moe", "causal", "distill"])
+def test_decoder_greedy_sample_is_the_naive_argmax(runs, name):
   run = runs[name]
   main_head = {k: v for k, v in run["params"].items() if not k.startswith("mtp_")}
   if name == "mtp":
@@ -158,50 +172,52 @@ def test_grpo_score_uses_a_uniform_first_token(runs, capsys):
 # --------------------------------------------------------------------------- encoder-decoder
 
 
+SOURCE = "Before we <extra_id_0> any further"
+
+
+def _special_tokenizer(run):
+  from lm.data.seq2seq_pairs import load_special_tokenizer
+  return load_special_tokenizer(f"{run['dir']}/tokenizer.json")
+
+
+def _source_ids(run) -> np.ndarray:
+  """SOURCE as the model reads it: the sentinel by id, then EOS."""
+  tok = _special_tokenizer(run)
+  return np.concatenate([tok.encode("Before we "), [tok.sentinel_id(0)],
+                         tok.encode(" any further"), [EOS_ID]]).astype(np.int32)
+
+
 def test_encdec_greedy_sampling_and_beam(runs):
   run = runs["t5"]
-  model, params = run["model"], run["params"]
-  tok_ids = _source(run, "Before we <extra_id_0> any further")
-  assert EOS_ID == tok_ids[-1] and 3 in tok_ids  # the sentinel parsed by name
-  greedy = greedy_decode(model, params, tok_ids[None], max_len=12, eos_id=EOS_ID)[0]
-  [text] = sample(run["dir"], prompt="Before we <extra_id_0> any further", max_new_tokens=12)
+  model, params, src_1S = run["model"], run["params"], _source_ids(run)[None]
+  greedy = greedy_decode(model, params, src_1S, max_len=12, eos_id=EOS_ID)[0]
   want = _decode(run, greedy)
-  assert text == want
+  assert sample(run["dir"], prompt=SOURCE, max_new_tokens=12) == [want]  # T = 0 by default
   # top_k = 1 leaves only the argmax: the sampler at T = 1 must retrace the greedy path.
-  assert sample(run["dir"], prompt="Before we <extra_id_0> any further", temperature=1.0,
-                top_k=1, max_new_tokens=12, num_samples=2) == [want, want]
-  beams, _ = beam_search(model, params, tok_ids[None], beam_size=2, max_len=12, eos_id=EOS_ID)
-  assert sample(run["dir"], prompt="Before we <extra_id_0> any further", beam_size=2,
-                max_new_tokens=12, num_samples=2) == [_decode(run, b) for b in beams[0]]
+  assert sample(run["dir"], prompt=SOURCE, temperature=1.0, top_k=1, max_new_tokens=12,
+                num_samples=2) == [want, want]
+  beams, _ = beam_search(model, params, src_1S, beam_size=2, max_len=12, eos_id=EOS_ID)
+  assert sample(run["dir"], prompt=SOURCE, beam_size=2, max_new_tokens=12,
+                num_samples=2) == [_decode(run, b) for b in beams[0]]
 
 
 def test_encdec_score_is_teacher_forced_chain_rule(runs):
   run = runs["t5"]
-  source = "Before we <extra_id_0> any further"
-  got = score(run["dir"], "proceed", prompt=source)
-  from lm.data.seq2seq_pairs import load_special_tokenizer
-  tok = load_special_tokenizer(f"{run['dir']}/tokenizer.json")
-  target = np.append(tok.encode("proceed"), EOS_ID)[None]
-  logp_TV = np.asarray(_log_softmax_forward(run["model"], run["params"], _source(run, source)[None],
-                                            shift_right(jnp.asarray(target), 0))[0])
-  want = logp_TV[np.arange(target.shape[1]), target[0]]
+  got = score(run["dir"], "<extra_id_0>proceed", prompt=SOURCE)
+  tok = _special_tokenizer(run)
+  target_1T = np.concatenate([[tok.sentinel_id(0)], tok.encode("proceed"), [EOS_ID]])[None]
+  logp_TV = np.asarray(_log_softmax_forward(run["model"], run["params"], _source_ids(run)[None],
+                                            shift_right(jnp.asarray(target_1T), 0))[0])
+  want = logp_TV[np.arange(target_1T.shape[1]), target_1T[0]]
   np.testing.assert_allclose(got["token_log_probs"], want, rtol=1e-5, atol=1e-5)
   assert got["log_prob"] == pytest.approx(want.sum(), rel=1e-5)
   with pytest.raises(UserError, match="--prompt=SOURCE"):
     score(run["dir"], "proceed")
 
 
-def _source(run, text):
-  from lm.data.seq2seq_pairs import load_special_tokenizer
-  from lm.trained import _source_ids
-  return _source_ids(load_special_tokenizer(f"{run['dir']}/tokenizer.json"), text)
-
-
 def _decode(run, row):
-  from lm.data.seq2seq_pairs import load_special_tokenizer
   from lm.decoding import strip_after_eos
-  return load_special_tokenizer(f"{run['dir']}/tokenizer.json").decode(
-      strip_after_eos(row, EOS_ID))
+  return _special_tokenizer(run).decode(strip_after_eos(row, EOS_ID))
 
 
 # --------------------------------------------------------------------------- BERT
