@@ -3,6 +3,9 @@
 WORKDIR/config.json       the resolved ExperimentConfig (vocab size filled in)
 WORKDIR/tokenizer.json    the tokenizer, so resumes and sampling use the same vocab
 WORKDIR/token_prior.json  unigram log-probs of the training split (scores the first token)
+
+`load_trained` serves code that needs a causal LM's model and params; `--mode=sample/score`
+load every kind of workdir through lm/trained.py.
 """
 
 import dataclasses
@@ -56,7 +59,8 @@ class TrainedModel:
 
 
 def load_trained(workdir: str) -> TrainedModel:
-  """Config, tokenizer and the latest checkpoint's params of a finished or running run."""
+  """Config, tokenizer and the latest checkpoint's params of a causal LM run (finished or
+  running)."""
   # Local imports: lm.train.trainer and lm.tasks.causal_lm import this module.
   from lm.config import ShardingConfig
   from lm.tasks.causal_lm import init_params
@@ -76,8 +80,8 @@ def load_trained(workdir: str) -> TrainedModel:
                     f"--workdir={workdir}")
   model = build_model(config.family, config.model)
   if config.task not in ("causal_lm", "tbptt_lm"):
-    raise UserError(f"{workdir} holds a {config.task!r} run; sampling and scoring need a "
-                    f"causal language model")
+    raise UserError(f"{workdir} holds a {config.task!r} run; this needs a causal language "
+                    f"model (causal_lm or tbptt_lm)")
   from lm.tasks import task_state_factory
   init = lambda m, seed: init_params(m, config.data.seq_len, seed)
   # Whatever mesh trained it, sampling and scoring restore onto one device.
