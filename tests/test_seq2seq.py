@@ -1,5 +1,6 @@
 """Supervised seq2seq task: the Pig Latin rule by hand, the loss and metrics against NumPy,
-generation metrics on hand-made rows, the special-token tokenizer, the CLI."""
+generation metrics on hand-made rows, a tiny copy model trained end to end, the
+special-token tokenizer, the CLI."""
 
 import json
 import os
@@ -7,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import numpy as np
+import optax
 import pytest
 from test_encdec import random_params
 
@@ -19,8 +22,9 @@ from lm.data.seq2seq_pairs import (
   prepare_text,
 )
 from lm.data.tokenizers import CharTokenizer
+from lm.decoding import greedy_decode
 from lm.errors import UserError
-from lm.models.encdec import EncDecConfig, EncoderDecoder
+from lm.models.encdec import EncDecConfig, EncoderDecoder, init_params
 from lm.tasks.seq2seq import (
   generation_metrics,
   lines_of,
@@ -82,6 +86,44 @@ def test_generation_metrics_by_hand():
   m = generation_metrics(preds, targets, "greedy")
   assert m["greedy_exact_match"] == pytest.approx(1 / 3)
   assert m["greedy_token_accuracy"] == pytest.approx((3 + 1 + 3) / 9)
+
+
+def test_trained_copy_model_decodes_exactly():
+  """End to end on target = source (random strings of 3..8 tokens + EOS): a tiny model
+  trained with this task's loss must decode held-out strings exactly, so the loss,
+  padding, decoder shift, cross-attention masks, cached decoding and the exact-match
+  metric fit together. (Learned absolute positions: with T5's relative ones, which give
+  cross-attention no position, this model reaches 0.02 here and 0.58 after 500 steps;
+  docs/encoder_decoder.md.)"""
+  V, L = 12, 8
+  model = EncoderDecoder(EncDecConfig(vocab_size=V, num_encoder_layers=1, num_decoder_layers=1,
+                                      num_heads=2, embed_dim=32, mlp_dim=64, max_len=L + 1,
+                                      max_target_len=L + 1, position="learned"))
+  rng = np.random.default_rng(0)
+
+  def strings(n):
+    rows = np.zeros((n, L + 1), np.int32)
+    for row, length in zip(rows, rng.integers(3, L + 1, n)):
+      row[:length] = rng.integers(3, V, length)
+      row[length] = EOS_ID
+    return rows
+
+  params = nn.meta.unbox(init_params(model, seed=0))
+  loss_fn, tx, key = seq2seq_loss(model), optax.adam(3e-3), jax.random.key(0)
+
+  @jax.jit
+  def step(params, opt_state, rows):
+    grads = jax.grad(lambda p: loss_fn(p, {"inputs": rows, "targets": rows}, key, True)[0])(
+        params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  opt_state = tx.init(params)
+  for _ in range(200):
+    params, opt_state = step(params, opt_state, strings(32))
+  held_out = strings(100)
+  preds = greedy_decode(model, params, held_out, max_len=L + 1, eos_id=EOS_ID)
+  assert generation_metrics(preds, held_out, "greedy")["greedy_exact_match"] >= 0.9
 
 
 def test_special_tokenizer_round_trip(tmp_path):
