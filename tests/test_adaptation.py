@@ -269,6 +269,12 @@ def test_lora_run_keeps_the_base_bit_identical_and_saves_the_adapter_apart(gpt_b
   rebuilt = pretrained.load_adapted(workdir, at=("backbone",))
   for path, value in tuned_flat.items():
     np.testing.assert_array_equal(rebuilt[path], value)
+  # The adapter names the base step the run started from, recorded once: a later start
+  # (a resume after the base trained on) does not rewrite it.
+  info = json.load(open(os.path.join(workdir, pretrained.ADAPTER_INFO)))
+  assert info["base_step"] == 10 and info["base_workdir"] == os.path.abspath(gpt_base)
+  pretrained._record_base(workdir, pretrained.Base(os.path.abspath(gpt_base), 20, {}))
+  assert pretrained.recorded_base(workdir)["base_step"] == 10
 
 
 def test_a_pattern_that_matches_nothing_is_a_one_line_error(gpt_base, tmp_path):

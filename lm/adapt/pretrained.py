@@ -1,12 +1,16 @@
 """Starting a run from a trained workdir (`config.init_from`), and saving / loading the
 trained part of an adapted model on its own.
 
-`with_pretrained(task, config)` wraps the task's parameter initialiser: the new model is
+`with_pretrained(task, config, workdir)` wraps the task's parameter initialiser: the new model is
 initialised as usual (so PEFT parameters and new heads get their own init), then every
 parameter the pretrained checkpoint also has is replaced by its trained value. A new
 parameter the checkpoint lacks must be trainable (else it would stay random forever);
 pretrained parameters the new model does not use (e.g. BERT's MLM head under a
 classifier) are left out and listed.
+
+The base workdir and the step it was loaded at are recorded once, in the run's
+`init_from.json`, so a resumed run (or a base that trained on meanwhile) keeps naming
+the checkpoint the frozen parameters really came from.
 
 After training, `save_adapter` writes only the trainable parameters
 (`adapter.safetensors`, plus `adapter.json` naming the base workdir and step), and
@@ -29,6 +33,7 @@ from lm.errors import UserError
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_INFO = "adapter.json"
+INIT_FROM_INFO = "init_from.json"
 
 
 def _is_box(x) -> bool:
@@ -123,12 +128,13 @@ def load_base(workdir: str) -> Base:
   return Base(os.path.abspath(workdir), step, flatten(params))
 
 
-def with_pretrained(task, config):
+def with_pretrained(task, config, workdir: str):
   """The task with its initialiser starting from `config.init_from` (no-op without one)."""
   if not config.init_from:
     return task
   base = load_base(config.init_from)
   print(f"initialising from {base.workdir} (step {base.step})")
+  _record_base(workdir, base)
   init_params = task.init_params
 
   def init_from_base(model, seed):
@@ -140,6 +146,26 @@ def with_pretrained(task, config):
     return merged
 
   return dataclasses.replace(task, init_params=init_from_base)
+
+
+def _record_base(workdir: str, base: Base):
+  """Writes which base checkpoint initialised this run, on its first start only: a resumed
+  run restores its own checkpoint, whose frozen parameters came from that first base."""
+  path = os.path.join(workdir, INIT_FROM_INFO)
+  if os.path.exists(path) or jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  with open(path, "w") as f:
+    json.dump({"base_workdir": base.workdir, "base_step": base.step}, f, indent=2)
+
+
+def recorded_base(workdir: str) -> dict:
+  """{"base_workdir", "base_step"} that initialised the run in `workdir`."""
+  path = os.path.join(workdir, INIT_FROM_INFO)
+  if not os.path.exists(path):
+    raise UserError(f"{workdir} has no {INIT_FROM_INFO}: it was not started with init_from")
+  with open(path) as f:
+    return json.load(f)
 
 
 def copy_tokenizer(config, workdir: str):
@@ -162,21 +188,11 @@ def save_adapter(workdir: str, config, params, step: int):
   flat = {k: np.ascontiguousarray(v) for k, v in flatten(jax.device_get(params)).items()
           if trainable_lib.is_trainable(k, config.trainable)}
   save_file(flat, os.path.join(workdir, ADAPTER_WEIGHTS))
-  info = {"base_workdir": os.path.abspath(config.init_from),
-          "base_step": _latest_step(config.init_from),
+  info = {**recorded_base(workdir),
           "trainable": list(config.trainable), "step": step,
           "num_params": int(sum(v.size for v in flat.values()))}
   with open(os.path.join(workdir, ADAPTER_INFO), "w") as f:
     json.dump(info, f, indent=2)
-
-
-def _latest_step(workdir: str) -> int | None:
-  from lm.train.checkpoint import Checkpointer
-  checkpointer = Checkpointer(workdir, create=False)
-  try:
-    return checkpointer.latest_step()
-  finally:
-    checkpointer.close()
 
 
 def load_adapted(workdir: str, at: tuple[str, ...] = ()) -> dict[str, np.ndarray]:

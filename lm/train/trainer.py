@@ -125,7 +125,7 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
   layout = Layout.from_config(config.sharding)
   pretrained_lib.copy_tokenizer(config, workdir)  # fine-tuning reads with the base's tokenizer
   config, task = build_task(config, workdir)
-  task = pretrained_lib.with_pretrained(task, config)  # no-op without config.init_from
+  task = pretrained_lib.with_pretrained(task, config, workdir)  # no-op without config.init_from
   accum = config.train.grad_accum_steps
   if config.data.batch_size % accum:
     raise UserError(f"data.batch_size={config.data.batch_size} is not divisible by "
