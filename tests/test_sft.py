@@ -86,12 +86,13 @@ def test_packed_loss_equals_each_example_alone(tiny_model):
   examples = sft.addition_examples(tok, pairs)
   batch, used = sft.pack(examples, seq_len=160, num_rows=2)  # 3 in row 1, row 2 padding
   assert used == 3 and batch["segment_ids"][1].max() == 0
-  loss, metrics = sft.sft_loss(model)(params, jax.tree.map(jnp.asarray, batch), None,
-                                      deterministic=True)
+  loss_fn = jax.jit(sft.sft_loss(model), static_argnames="deterministic")  # eager is slow
+  loss, metrics = loss_fn(params, jax.tree.map(jnp.asarray, batch), None, deterministic=True)
   # Reference: each example on its own (no packing, default positions), response tokens only.
   nll = []
+  forward = jax.jit(lambda p, x: model.apply({"params": p}, x)[0])
   for ids, prompt_len in examples:
-    logits, _ = model.apply({"params": params}, jnp.asarray(ids[None, :-1]))
+    logits = forward(params, jnp.asarray(ids[None, :-1]))
     logp = _np_log_softmax(np.asarray(logits[0], np.float64))
     nll += [-logp[t, ids[t + 1]] for t in range(prompt_len - 1, len(ids) - 1)]
   np.testing.assert_allclose(float(loss), np.mean(nll), rtol=2e-5)
@@ -104,7 +105,7 @@ def test_sft_loss_ignores_prompt_targets(tiny_model):
   tok, model, params = tiny_model
   batch, _ = sft.pack(sft.addition_examples(tok, [(556, 497)]), seq_len=64, num_rows=1)
   batch = jax.tree.map(jnp.asarray, batch)
-  loss_fn = sft.sft_loss(model)
+  loss_fn = jax.jit(sft.sft_loss(model), static_argnames="deterministic")
   corrupted = dict(batch, targets=jnp.where(batch["weights"] > 0, batch["targets"], 3))
   a, _ = loss_fn(params, batch, None, deterministic=True)
   b, _ = loss_fn(params, corrupted, None, deterministic=True)

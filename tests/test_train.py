@@ -64,9 +64,9 @@ def test_scanned_steps_equal_sequential_steps(tiny):
   loss_fn = causal_lm_loss(model)
   rng = jax.random.key(3)
   state = create_train_state(params, tx)
+  step = jax.jit(lambda s, b: train_step(s, b, rng, loss_fn=loss_fn, tx=tx))  # compiled once
   for i in range(4):
-    state, _ = jax.jit(lambda s, b: train_step(s, b, rng, loss_fn=loss_fn, tx=tx))(
-        state, jax.tree.map(lambda x: x[i], batches))
+    state, _ = step(state, jax.tree.map(lambda x: x[i], batches))
   fresh = create_train_state(jax.tree.map(jnp.copy, params), tx)  # the call donates it
   scanned, metrics = make_multi_step(loss_fn, tx)(fresh, batches, rng)
   assert int(scanned.step) == 4 and metrics["loss"].shape == (4,)
