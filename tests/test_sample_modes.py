@@ -308,3 +308,30 @@ def test_other_tasks_get_one_line_errors(tmp_path, runs):
     sample(str(tmp_path))
   with pytest.raises(UserError, match="beam search is for encoder-decoder"):
     sample(runs["moe"]["dir"], prompt="A", beam_size=2)
+
+
+def test_policy_reads_only_the_params_whatever_optimizer_state_was_saved(runs, tmp_path):
+  """A post-training start (DPO, GRPO, distillation) needs the SFT model, not its optimizer:
+  a checkpoint whose optimizer state has another layout (other optimizer options, older
+  code) still loads, and a checkpoint of another model shape is a one-line error."""
+  from lm.post_training.policy import load_policy
+  sft = runs["sft"]
+
+  def write(workdir, params):
+    workdir.mkdir()
+    checkpointer = Checkpointer(str(workdir))
+    checkpointer.save(1, TrainState(step=np.int32(1), params=params,
+                                    opt_state={"other_optimizer": np.zeros(3, np.float32)}), {})
+    checkpointer.close()
+    for name in ("config.json", "tokenizer.json"):
+      shutil.copy(f"{sft['dir']}/{name}", workdir / name)
+
+  write(tmp_path / "ok", sft["params"])
+  policy = load_policy(str(tmp_path / "ok"))
+  for a, b in zip(jax.tree.leaves(policy.params), jax.tree.leaves(sft["params"])):
+    np.testing.assert_array_equal(a, b)
+  wrong = jax.tree.map(lambda x: x, sft["params"])
+  wrong["ln_final"] = {"scale": np.ones(7, np.float32)}
+  write(tmp_path / "wrong", wrong)
+  with pytest.raises(UserError, match="does not match its config.json's model"):
+    load_policy(str(tmp_path / "wrong"))

@@ -46,11 +46,12 @@ def init_boxed(model, max_len: int, seed: int):
 
 
 def load_policy(workdir: str) -> Policy:
-  """Config, model, tokenizer and the latest checkpoint's params (on one device)."""
-  from lm.config import ShardingConfig
+  """Config, model, tokenizer and the latest checkpoint's params (on one device).
+
+  Only the parameters are read, by the checkpoint's own metadata: the run's optimizer
+  state (whose layout depends on the optimizer options of the code that wrote it) is not
+  needed to use the model, and the shapes are checked against the model instead."""
   from lm.train.checkpoint import Checkpointer
-  from lm.train.layout import Layout
-  from lm.train.trainer import abstract_train_state
 
   config = config_lib.load_json(model_config_path(workdir))
   if config.family != "gpt" or config.task not in DECODER_TASKS:
@@ -58,16 +59,27 @@ def load_policy(workdir: str) -> Policy:
                     f"a gpt decoder trained with one of {DECODER_TASKS}")
   model = build_model(config.family, config.model)
   checkpointer = Checkpointer(workdir, create=False)
-  step = checkpointer.latest_step()
-  if step is None:
-    raise UserError(f"no checkpoint in {workdir}/checkpoints: train it first")
-  init = lambda m, seed: init_boxed(m, config.model.max_len, seed)  # noqa: E731
-  one_device = Layout.from_config(ShardingConfig(data=1), jax.devices()[:1])
-  state, _ = checkpointer.restore(abstract_train_state(config, model, init, layout=one_device),
-                                  step)
-  checkpointer.close()
+  try:
+    if checkpointer.latest_step() is None:
+      raise UserError(f"no checkpoint in {workdir}/checkpoints: train it first")
+    params, step = checkpointer.restore_params()
+  finally:
+    checkpointer.close()
+  expected = nn.meta.unbox(jax.eval_shape(lambda: init_boxed(model, config.model.max_len, 0)))
+  _check_shapes(expected, params, f"{workdir}/checkpoints/{step}")
   tokenizer = load_tokenizer(os.path.join(workdir, workdir_lib.TOKENIZER))
-  return Policy(config, model, jax.device_get(state.params), tokenizer, step)
+  return Policy(config, model, params, tokenizer, step)
+
+
+def _check_shapes(expected, params, where: str):
+  flat = lambda tree: {jax.tree_util.keystr(k): v.shape  # noqa: E731
+                       for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  want, have = flat(expected), flat(params)
+  for path in sorted(want.keys() | have.keys()):
+    if want.get(path) != have.get(path):
+      raise UserError(f"checkpoint {where} does not match its config.json's model: params"
+                      f"{path} is {have.get(path, 'absent')} in the checkpoint, "
+                      f"{want.get(path, 'absent')} in the model")
 
 
 def boxed_like(model, max_len: int, params, seed: int = 0):
