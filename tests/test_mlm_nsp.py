@@ -28,6 +28,7 @@ from lm.tasks.mlm_nsp import (
   lines_and_next,
   mask_tokens,
   pack_pairs,
+  prediction_positions,
 )
 from lm.train.step import make_eval_step
 from lm.train.trainer import evaluate
@@ -82,6 +83,32 @@ def test_mask_selects_15_percent_and_applies_80_10_10():
   # Each replacement value, given it differs from the original: ~uniform (chi-square, 19 dof).
   expected = counts.sum() / V
   assert ((counts - expected) ** 2 / expected).sum() < 60  # P(chi2_19 > 60) ~ 4e-6
+
+
+def test_prediction_slots_list_the_selected_positions_and_cap_them_uniformly():
+  weights = np.zeros((2, 8), np.float32)
+  weights[0, [2, 5]] = 1.0
+  weights[1, [1, 2, 3, 4, 6, 7]] = 1.0
+  positions, kept = prediction_positions(weights, 3, np.random.default_rng(0))
+  assert positions[0].tolist() == [2, 5, 0]  # in order, padded with 0 ([CLS])
+  np.testing.assert_array_equal(kept[0], weights[0])
+  assert kept[1].sum() == 3 and (kept[1] <= weights[1]).all()
+  assert positions[1].tolist() == np.flatnonzero(kept[1]).tolist()
+  # Over the cap, each selected position is kept with probability 3/6.
+  trials = 4000
+  rows = np.repeat(weights[1:], trials, 0)
+  _, kept = prediction_positions(rows, 3, np.random.default_rng(1))
+  for column in (1, 2, 3, 4, 6, 7):
+    ok, info = _within(kept[:, column].sum(), trials, 0.5)
+    assert ok, info
+
+
+def test_capped_batches_restore_the_tokens_they_no_longer_predict(corpus_source):
+  source, tok = corpus_source
+  b = next(mlm_nsp.train_iterator(source, MLMNSPConfig(max_predictions=2), tok, 48, 64, 0))
+  assert b["mlm_positions"].shape == (64, 2) and (b["mlm_weights"].sum(1) <= 2).all()
+  unselected = b["mlm_weights"] == 0
+  np.testing.assert_array_equal(b["tokens"][unselected], b["mlm_targets"][unselected])
 
 
 def test_nsp_labels_are_50_50_and_true_pairs_are_consecutive():
@@ -154,6 +181,9 @@ def test_eval_weights_count_only_real_pairs_and_selected_tokens(corpus_source):
   cfg = MLMNSPConfig(eval_examples=50)
   batches = mlm_nsp.eval_batches(source, cfg, tok, 48, 16)  # 50 = 3 * 16 + 2: a padded batch
   assert len(batches) == 4 and sum(b["nsp_weights"].sum() for b in batches) == 50
+  # The loss runs the MLM head at the prediction slots only; the reference below runs it
+  # at every position.
+  assert 0 < batches[0]["mlm_positions"].shape[1] < 48
   model = Bert(BertConfig(vocab_size=tok.vocab_size, num_layers=1, num_heads=2, embed_dim=16,
                           mlp_dim=32, max_len=48, dropout=0.0))
   params = init_params(model, 48, seed=0)

@@ -8,7 +8,8 @@ segment ids 0 for `[CLS] A [SEP]` and 1 for `B [SEP]` (pairs too long lose token
 the end of the longer sentence). Every non-special token is selected for prediction
 with probability `mask_prob` (15%, independently, as Hugging Face's collator does); a
 selected token becomes `[MASK]` (80%), a uniformly random vocabulary token (10%) or
-stays unchanged (10%).
+stays unchanged (10%). `mlm_positions` lists each row's selected positions in a fixed
+number of slots (BERT's `masked_lm_positions`), so the MLM head runs only there.
 
 Batch i is a pure function of (data.seed, i) through grain's `random_map`, so the
 iterator state is one integer and resumes exactly. Validation uses fixed pairs and
@@ -18,6 +19,7 @@ selected tokens (`num_tokens`), nsp_loss and nsp_accuracy over the pairs (`num_p
 """
 
 import dataclasses
+import math
 import os
 
 import grain
@@ -44,6 +46,10 @@ class MLMNSPConfig:
   mask_token_prob: float = 0.8  # ... of which replaced by [MASK]
   random_token_prob: float = 0.1  # ... replaced by a random token (the rest stay unchanged)
   nsp_random_prob: float = 0.5  # fraction of pairs whose sentence B is a random line
+  # MLM predictions per row, BERT's max_predictions_per_seq: the head runs at these slots
+  # only. 0: mask_prob * (seq_len - 3) + 5 sigma, a cap the Bernoulli selection practically
+  # never reaches (a row over the cap keeps a random subset of its selected tokens).
+  max_predictions: int = 0
   eval_examples: int = 2048  # validation pairs evaluated (0 = all of them)
   eval_seed: int = 1  # fixes the validation pairs and masks
 
@@ -55,6 +61,8 @@ class MLMNSPConfig:
         or self.mask_token_prob + self.random_token_prob > 1.0):
       raise UserError("task_config.mask_token_prob and random_token_prob must be >= 0 and "
                       "sum to at most 1")
+    if self.max_predictions < 0:
+      raise UserError(f"task_config.max_predictions must be >= 0, got {self.max_predictions}")
     if self.eval_examples < 0:
       raise UserError(f"task_config.eval_examples must be >= 0, got {self.eval_examples}")
 
@@ -185,14 +193,44 @@ def mask_tokens(tokens_BT, maskable_BT, rng: np.random.Generator, cfg: MLMNSPCon
   return inputs, tokens_BT.astype(np.int32), selected.astype(np.float32)
 
 
+def max_predictions(cfg: MLMNSPConfig, seq_len: int) -> int:
+  """Prediction slots per row: the configured cap, or the Bernoulli count's mean + 5 sigma."""
+  n = seq_len - 3  # maskable tokens in a full row
+  if cfg.max_predictions:
+    return min(cfg.max_predictions, n)
+  mean = n * cfg.mask_prob
+  return min(n, math.ceil(mean + 5 * math.sqrt(mean * (1 - cfg.mask_prob))))
+
+
+def prediction_positions(weights_BT, num_slots: int, rng: np.random.Generator):
+  """Positions of the selected tokens, (B, num_slots), padded with 0 ([CLS], never selected).
+
+  A row with more selected tokens keeps a uniformly random subset; also returns the weights
+  of what is kept.
+  """
+  B, T = weights_BT.shape
+  priority_BT = np.where(weights_BT > 0, rng.random((B, T)), np.inf)
+  order_BP = np.argsort(priority_BT, axis=1)[:, :num_slots]
+  kept_BP = np.isfinite(np.take_along_axis(priority_BT, order_BP, 1))
+  positions_BP = np.sort(np.where(kept_BP, order_BP, T), axis=1)  # kept first, in order
+  positions_BP = np.where(positions_BP < T, positions_BP, 0)
+  if positions_BP.shape[1] < num_slots:  # num_slots > T: pad the slots
+    positions_BP = np.pad(positions_BP, ((0, 0), (0, num_slots - T)))
+  kept_BT = np.zeros((B, T), bool)
+  np.put_along_axis(kept_BT, order_BP, kept_BP, 1)
+  return positions_BP.astype(np.int32), (weights_BT * kept_BT).astype(np.float32)
+
+
 def make_batch(source: PairSource, anchors_B, rng, cfg: MLMNSPConfig, tok: BertTokenizer,
                seq_len: int) -> dict:
   b_B, labels_B = source.choose_pairs(anchors_B, rng, cfg.nsp_random_prob)
   tokens, segments, valid, maskable = pack_pairs(
       [source.ids(i) for i in anchors_B], [source.ids(j) for j in b_B], seq_len, tok)
   inputs, targets, weights = mask_tokens(tokens, maskable, rng, cfg, tok)
+  positions, kept = prediction_positions(weights, max_predictions(cfg, seq_len), rng)
+  inputs = np.where(weights > kept, targets, inputs)  # over the cap: as if never selected
   return {"tokens": inputs, "segments": segments, "valid": valid, "mlm_targets": targets,
-          "mlm_weights": weights, "nsp_labels": labels_B,
+          "mlm_weights": kept, "mlm_positions": positions, "nsp_labels": labels_B,
           "nsp_weights": np.ones(len(anchors_B), np.float32)}
 
 
@@ -232,16 +270,21 @@ def mlm_nsp_loss(model):
   """loss = MLM cross-entropy over the selected tokens + NSP cross-entropy over the pairs."""
 
   def loss_fn(params, batch, rng, deterministic=False):
-    mlm_logits_BTV, nsp_logits_B2 = model.apply(
+    # With `mlm_positions` the head runs at the P prediction slots only; the slots index
+    # the (B, T) targets and weights (padding slots point at [CLS], weight 0).
+    positions_BP = batch.get("mlm_positions")
+    mlm_logits_BPV, nsp_logits_B2 = model.apply(
         {"params": params}, batch["tokens"], batch["segments"], batch["valid"],
-        deterministic=deterministic, rngs={"dropout": rng})
-    w_BT = batch["mlm_weights"]
-    num_tokens = w_BT.sum()
-    mlm_ce_BT = optax.softmax_cross_entropy_with_integer_labels(mlm_logits_BTV,
-                                                                batch["mlm_targets"])
-    mlm_hit_BT = jnp.argmax(mlm_logits_BTV, -1) == batch["mlm_targets"]
-    mlm_loss = (mlm_ce_BT * w_BT).sum() / jnp.maximum(num_tokens, 1.0)
-    mlm_accuracy = (mlm_hit_BT * w_BT).sum() / jnp.maximum(num_tokens, 1.0)
+        mlm_positions_BP=positions_BP, deterministic=deterministic, rngs={"dropout": rng})
+    targets_BP, w_BP = batch["mlm_targets"], batch["mlm_weights"]
+    if positions_BP is not None:
+      targets_BP = jnp.take_along_axis(targets_BP, positions_BP, axis=1)
+      w_BP = jnp.take_along_axis(w_BP, positions_BP, axis=1)
+    num_tokens = w_BP.sum()
+    mlm_ce_BP = optax.softmax_cross_entropy_with_integer_labels(mlm_logits_BPV, targets_BP)
+    mlm_hit_BP = jnp.argmax(mlm_logits_BPV, -1) == targets_BP
+    mlm_loss = (mlm_ce_BP * w_BP).sum() / jnp.maximum(num_tokens, 1.0)
+    mlm_accuracy = (mlm_hit_BP * w_BP).sum() / jnp.maximum(num_tokens, 1.0)
     w_B = batch["nsp_weights"]
     num_pairs = w_B.sum()
     nsp_ce_B = optax.softmax_cross_entropy_with_integer_labels(nsp_logits_B2, batch["nsp_labels"])
