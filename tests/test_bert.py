@@ -3,6 +3,7 @@
 The forward pass itself is compared with a float64 NumPy BERT in tests/test_hf_bert.py.
 """
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,6 +83,32 @@ def test_segment_embeddings_change_the_output(bert):
   assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-3
 
 
+@pytest.mark.parametrize("position", ["rope", "alibi", "learned"])
+def test_relative_positions_see_distances_only(position):
+  """RoPE / ALiBi: shifting the tokens right (masked padding in front) leaves their outputs
+  unchanged, yet order matters; BERT's learned table sees absolute positions."""
+  model = Bert(BertConfig(vocab_size=20, num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32,
+                          max_len=12, dropout=0.0, position=position))
+  params = init_params(model, T, seed=0)
+  assert ("pos_embed" in params) == (position == "learned")
+  # Larger attention weights than at init, so attention (and so position) visibly matters.
+  params = flax.traverse_util.unflatten_dict(
+      {k: 20 * v if k[-2] in ("query", "key", "value", "out") and k[-1] == "kernel" else v
+       for k, v in flax.traverse_util.flatten_dict(params).items()})
+  tokens = np.array([[3, 1, 4, 1, 5]])
+  encode = lambda t, valid=None: np.asarray(  # noqa: E731
+      model.apply({"params": params}, t, None, valid, method=Bert.encode)[0])
+  hidden = encode(tokens)[0]
+  shifted = encode(np.concatenate([np.full((1, 3), 7), tokens], 1),
+                   np.arange(8)[None] >= 3)[0, 3:]
+  if position == "learned":
+    assert np.abs(shifted - hidden).max() > 1e-3
+  else:
+    np.testing.assert_allclose(shifted, hidden, atol=1e-5)
+  swapped = encode(tokens[:, [1, 0, 2, 3, 4]])[0]  # a bag of tokens: the same last output
+  assert np.abs(swapped[4] - hidden[4]).max() > 1e-3
+
+
 def _ln(x, scale, bias, eps):
   mu = x.mean(-1, keepdims=True)
   return (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + eps) * scale + bias
@@ -101,8 +128,12 @@ def test_heads_by_hand(bert):
   head = p["mlm_head"]
   h = hidden @ head["transform"]["kernel"] + head["transform"]["bias"]
   h = _ln(0.5 * h * (1 + erf(h / np.sqrt(2))), head["norm"]["scale"], head["norm"]["bias"], 1e-12)
-  np.testing.assert_allclose(np.asarray(mlm), h @ p["token_embed"]["embedding"].T + head["bias"],
-                             atol=1e-4)
+  logits = h @ p["token_embed"]["embedding"].T + head["bias"]
+  np.testing.assert_allclose(np.asarray(mlm), logits, atol=1e-4)
+  # The head at chosen positions only (pretraining's prediction slots), repeats allowed.
+  positions = np.array([[6, 0, 2, 2]])
+  mlm_at, _ = model.apply({"params": params}, tokens, mlm_positions_BP=positions)
+  np.testing.assert_allclose(np.asarray(mlm_at), logits[:, positions[0]], atol=1e-4)
   np.testing.assert_allclose(np.asarray(nsp), np.asarray(pooled, np.float64)
                              @ p["nsp_head"]["kernel"] + p["nsp_head"]["bias"], atol=1e-5)
 
@@ -125,6 +156,6 @@ def test_too_long_input_and_bad_configs_are_errors(bert):
   with pytest.raises(ValueError, match="max_len"):
     model.apply({"params": params}, jnp.zeros((1, 13), int))
   for bad in [dict(norm_position="middle"), dict(embed_dim=15), dict(mlp="swiglu"),
-              dict(layer_norm_eps=0.0)]:
+              dict(layer_norm_eps=0.0), dict(position="sinusoidal")]:
     with pytest.raises(ValueError):
       BertConfig(**bad)

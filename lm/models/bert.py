@@ -1,6 +1,6 @@
 """Encoder-only Transformer (BERT): tokens -> contextual embeddings, MLM and NSP heads.
 
-Legend: B batch, T length, D model dim, V vocab, F mlp dim, L layers.
+Legend: B batch, T length, D model dim, V vocab, F mlp dim, L layers, P predicted positions.
 Devlin et al. 2019: token + learned position + segment (sentence A/B) embeddings, a
 bidirectional block stack (every real token sees every real token; padding is hidden
 by `valid_BT`), a tanh pooler on the first ([CLS]) token, a masked-LM head tied to
@@ -14,6 +14,7 @@ which trains more easily from scratch. Both build on lm/layers' Attention and ML
 """
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -26,9 +27,11 @@ from lm.layers.block import BlockConfig, PreLNBlock
 from lm.layers.embed import TokenEmbedding
 from lm.layers.mlp import ACTIVATIONS, MLP
 from lm.layers.peft import Adapter, PEFTFields, PrefixKV
-from lm.layers.positions import LearnedPositions
+from lm.layers.positions import LearnedPositions, alibi_bias
 
 NORM_POSITIONS = ("post", "pre")
+ROPE_BASE = 10000.0
+POSITIONS = ("learned", "rope", "alibi")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +49,9 @@ class BertConfig(PEFTFields):  # + LoRA / adapter / prefix fields (lm/layers/pef
   norm_position: str = "post"  # post (BERT, HF checkpoints) | pre (shared PreLNBlock)
   layer_norm_eps: float = 1e-12  # post-LN, embedding and head norms (pre-LN blocks use 1e-5)
   mlp: str = "gelu_exact"  # activation of the blocks and the MLM transform
+  # learned (BERT: an absolute table added to the embeddings) | rope (RoFormer, ModernBERT)
+  # | alibi (MosaicBERT): the relative ones give attention locality from the first step
+  position: str = "learned"
 
   def __post_init__(self):
     if self.vocab_size < 0:
@@ -60,6 +66,8 @@ class BertConfig(PEFTFields):  # + LoRA / adapter / prefix fields (lm/layers/pef
     if self.norm_position not in NORM_POSITIONS:
       raise ValueError(f"model.norm_position={self.norm_position!r}; choose one of "
                        f"{NORM_POSITIONS}")
+    if self.position not in POSITIONS:
+      raise ValueError(f"model.position={self.position!r}; choose one of {POSITIONS}")
     if self.mlp not in ("gelu", "gelu_exact"):
       raise ValueError(f"model.mlp={self.mlp!r}; BERT uses gelu_exact (erf) or gelu (tanh)")
     if self.matmul_dtype not in ("float32", "bfloat16"):
@@ -77,10 +85,15 @@ class BertConfig(PEFTFields):  # + LoRA / adapter / prefix fields (lm/layers/pef
   def head_dim(self) -> int:
     return self.embed_dim // self.num_heads
 
+  @property
+  def rope_base(self) -> float:
+    return ROPE_BASE if self.position == "rope" else 0.0
+
   def block_config(self) -> BlockConfig:
     return BlockConfig(num_heads=self.num_heads, head_dim=self.head_dim, mlp_dim=self.mlp_dim,
                        mlp=self.mlp, dropout=self.dropout, use_bias=self.use_bias,
                        matmul_dtype=self.matmul_dtype, num_layers_for_init=self.num_layers,
+                       rope_base=self.rope_base,
                        lora_rank=self.lora_rank, lora_alpha=self.lora_alpha,
                        lora_targets=self.lora_target_tuple, adapter_dim=self.adapter_dim)
 
@@ -104,16 +117,16 @@ class PostLNBlock(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, x_BTD, mask_B1TS, *, positions_BT, prefix_kv=None,
+  def __call__(self, x_BTD, mask_B1TS, bias_fn=None, *, positions_BT, prefix_kv=None,
                deterministic: bool = True):
     c = self.config
     drop = nn.Dropout(c.dropout, deterministic=deterministic)
     h_BTD, _ = Attention(c.num_heads, c.head_dim, num_layers_for_init=c.num_layers,
                          dropout_rate=c.dropout, use_bias=c.use_bias,
-                         matmul_dtype=c.matmul_dtype, lora_rank=c.lora_rank,
-                         lora_alpha=c.lora_alpha, lora_targets=c.lora_target_tuple,
-                         name="attn")(
-        x_BTD, mask_B1TS, q_pos_BT=positions_BT, prefix_kv=prefix_kv,
+                         matmul_dtype=c.matmul_dtype, rope_base=c.rope_base,
+                         lora_rank=c.lora_rank, lora_alpha=c.lora_alpha,
+                         lora_targets=c.lora_target_tuple, name="attn")(
+        x_BTD, mask_B1TS, q_pos_BT=positions_BT, bias_fn=bias_fn, prefix_kv=prefix_kv,
         deterministic=deterministic)
     if c.adapter_dim:  # Houlsby: the adapter sits before the residual add and the norm
       h_BTD = Adapter(c.adapter_dim, name="adapter_attn")(h_BTD)
@@ -147,7 +160,8 @@ class Bert(nn.Module):
   def setup(self):
     c = self.config
     self.token_embed = TokenEmbedding(c.vocab_size, c.embed_dim)
-    self.pos_embed = LearnedPositions(c.max_len, c.embed_dim)
+    if c.position == "learned":
+      self.pos_embed = LearnedPositions(c.max_len, c.embed_dim)
     self.segment_embed = TokenEmbedding(c.type_vocab_size, c.embed_dim)
     if c.norm_position == "post":
       self.ln_embed = _layer_norm(c)
@@ -180,8 +194,11 @@ class Bert(nn.Module):
       valid_BT = jnp.ones((B, T), bool)
     positions_BT = jnp.broadcast_to(jnp.arange(T)[None, :], (B, T))
     mask_B1TS = masks_lib.padding_mask(valid_BT, valid_BT)
-    x_BTD = (self.token_embed(tokens_BT) + self.pos_embed(positions_BT)
-             + self.segment_embed(segments_BT))
+    x_BTD = self.token_embed(tokens_BT) + self.segment_embed(segments_BT)
+    if c.position == "learned":
+      x_BTD = x_BTD + self.pos_embed(positions_BT)
+    bias_fn = (functools.partial(alibi_bias, num_heads=c.num_heads) if c.position == "alibi"
+               else None)
     if c.norm_position == "post":
       x_BTD = self.ln_embed(x_BTD)
     x_BTD = self.embed_dropout(x_BTD, deterministic=deterministic)
@@ -189,10 +206,10 @@ class Bert(nn.Module):
     prefix_kv = self.prefix() if c.prefix_len else [None] * c.num_layers
     for block, kv in zip(self.blocks, prefix_kv, strict=True):
       if c.norm_position == "post":
-        x_BTD = block(x_BTD, mask_B1TS, positions_BT=positions_BT, prefix_kv=kv,
+        x_BTD = block(x_BTD, mask_B1TS, bias_fn, positions_BT=positions_BT, prefix_kv=kv,
                       deterministic=deterministic)
       else:
-        x_BTD, _ = block(x_BTD, mask_B1TS, positions_BT=positions_BT, prefix_kv=kv,
+        x_BTD, _ = block(x_BTD, mask_B1TS, bias_fn, positions_BT=positions_BT, prefix_kv=kv,
                          deterministic=deterministic)
     if c.norm_position == "pre":
       x_BTD = self.ln_final(x_BTD)
@@ -202,10 +219,15 @@ class Bert(nn.Module):
   def mlm_logits(self, hidden_BTD):
     return self.mlm_head(hidden_BTD, self.token_embed.attend)
 
-  def __call__(self, tokens_BT, segments_BT=None, valid_BT=None, *,
+  def __call__(self, tokens_BT, segments_BT=None, valid_BT=None, *, mlm_positions_BP=None,
                deterministic: bool = True):
+    """`mlm_positions_BP` (optional): the MLM head runs only at these P positions per row
+    and the logits are (B, P, V); pretraining predicts ~15% of the tokens, so this skips
+    most of the head's work (BERT's `masked_lm_positions`)."""
     hidden_BTD, pooled_BD = self.encode(tokens_BT, segments_BT, valid_BT,
                                         deterministic=deterministic)
+    if mlm_positions_BP is not None:
+      hidden_BTD = jnp.take_along_axis(hidden_BTD, mlm_positions_BP[..., None], axis=1)
     return self.mlm_logits(hidden_BTD), self.nsp_head(pooled_BD).astype(jnp.float32)
 
 
