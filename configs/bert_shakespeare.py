@@ -22,7 +22,8 @@ from configs import base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = base.parse_arg(arg, smoke=False, tokenizer="char", vocab_size=0, norm_position="post")
+  args = base.parse_arg(arg, smoke=False, tokenizer="char", vocab_size=0, norm_position="post",
+                        position="rope")
   c = ml_collections.ConfigDict()
   c.kind = "train_lm"
   c.family = "bert"
@@ -43,7 +44,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.task_config.mask_token_prob = 0.8
   c.task_config.random_token_prob = 0.1
   c.task_config.nsp_random_prob = 0.5
-  c.task_config.eval_examples = 2048
+  c.task_config.max_predictions = 0  # MLM head slots per row; 0: 15% + 5 sigma (32 here)
+  c.task_config.eval_examples = 1024
   c.task_config.eval_seed = 1
 
   c.model = ml_collections.ConfigDict()
@@ -60,16 +62,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.norm_position = args.norm_position  # post (BERT) | pre
   c.model.layer_norm_eps = 1e-12
   c.model.mlp = "gelu_exact"
+  c.model.position = args.position  # rope: no plateau (docs/bert.md); learned: BERT's table
 
-  c.optim = base.optim(weight_decay=0.01)
+  c.optim = base.optim(lr=2e-3, warmup_steps=150, weight_decay=0.01)
 
   c.train = ml_collections.ConfigDict()
-  c.train.num_steps = 3000
+  c.train.num_steps = 1000
   c.train.log_every = 50
   c.train.eval_every = 500
   c.train.checkpoint_every = 500
   c.train.keep_checkpoints = 2
-  c.train.steps_per_call = 10
+  c.train.steps_per_call = 50
   c.train.seed = 0
 
   c.sample = ml_collections.ConfigDict()  # unused by mlm_nsp (its summary sample is a fill-in)

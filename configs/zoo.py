@@ -30,7 +30,7 @@ LLAMA2 = dict(vocab_size=32000, max_len=4096, position="rope", norm="rmsnorm", m
 T5_V1_1 = dict(vocab_size=32128, max_len=512, max_target_len=114, position="t5", norm="rmsnorm",
                mlp="geglu", use_bias=False, relative_buckets=32, relative_max_distance=128)
 BERT = dict(vocab_size=30522, max_len=512, type_vocab_size=2, dropout=0.1, mlp="gelu_exact",
-            norm_position="post")
+            norm_position="post", position="learned")
 
 
 def _gpt(layers, d, heads, mlp=None, **extra):
