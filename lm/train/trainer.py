@@ -168,8 +168,7 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
   if config.trainable:
     print(f"trainable: {trainable['trainable_params']:,} of {num_params:,} parameters "
           f"({100 * trainable['trainable_fraction']:.3f}%)")
-  flops_per_token = mfu.model_flops_per_token(config.family, config.model, config.data.seq_len,
-                                              num_params)
+  flops_per_token = mfu.run_flops_per_token(config, task, num_params)  # every family
   peak = mfu.peak_flops(mfu.peak_dtype(getattr(config.model, "matmul_dtype", "float32")))
   schedule = learning_rate_schedule(config.optim, config.train.num_steps)
   base_rng = jax.random.key(config.train.seed)
