@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 
+import flax.linen as nn
 import jax
 import numpy as np
 
@@ -61,36 +62,31 @@ class TrainedModel:
 def load_trained(workdir: str) -> TrainedModel:
   """Config, tokenizer and the latest checkpoint's params of a causal LM run (finished or
   running)."""
-  # Local imports: lm.train.trainer and lm.tasks.causal_lm import this module.
-  from lm.config import ShardingConfig
+  # Local imports: lm.tasks.causal_lm imports this module.
   from lm.tasks.causal_lm import init_params
   from lm.train.checkpoint import Checkpointer
-  from lm.train.layout import Layout
-  from lm.train.trainer import abstract_train_state
 
   config_path = os.path.join(workdir, CONFIG)
   if not os.path.exists(config_path):
     raise UserError(f"{workdir} is not a trained workdir: {CONFIG} is missing")
   config = config_lib.load_json(config_path)
-  checkpointer = Checkpointer(workdir, create=False)
-  step = checkpointer.latest_step()
-  if step is None:
-    raise UserError(f"no checkpoint in {workdir}/checkpoints: train first, e.g. "
-                    f"python -m experiments.run --config=configs/shakespeare_char.py "
-                    f"--workdir={workdir}")
-  model = build_model(config.family, config.model)
   if config.task not in ("causal_lm", "tbptt_lm"):
     raise UserError(f"{workdir} holds a {config.task!r} run; this needs a causal language "
                     f"model (causal_lm or tbptt_lm)")
-  from lm.tasks import task_state_factory
-  init = lambda m, seed: init_params(m, config.data.seq_len, seed)
-  # Whatever mesh trained it, sampling and scoring restore onto one device.
-  one_device = Layout.from_config(ShardingConfig(data=1), jax.devices()[:1])
-  state, _ = checkpointer.restore(abstract_train_state(config, model, init,
-                                                       task_state_factory(config),
-                                                       layout=one_device), step)
-  checkpointer.close()
+  model = build_model(config.family, config.model)
+  checkpointer = Checkpointer(workdir, create=False)
+  try:
+    if checkpointer.latest_step() is None:
+      raise UserError(f"no checkpoint in {workdir}/checkpoints: train first, e.g. "
+                      f"python -m experiments.run --config=configs/shakespeare_char.py "
+                      f"--workdir={workdir}")
+    # Only the params, onto one device whatever mesh trained them, checked against the model.
+    expected = nn.meta.unbox(jax.eval_shape(
+        lambda: init_params(model, config.data.seq_len, 0)))
+    params, step = checkpointer.restore_params(expected=expected)
+  finally:
+    checkpointer.close()
   tokenizer = load_tokenizer(os.path.join(workdir, TOKENIZER))
   with open(os.path.join(workdir, TOKEN_PRIOR)) as f:
     prior = np.asarray(json.load(f), np.float64)
-  return TrainedModel(config, model, jax.device_get(state.params), tokenizer, prior, step)
+  return TrainedModel(config, model, params, tokenizer, prior, step)

@@ -333,5 +333,5 @@ def test_policy_reads_only_the_params_whatever_optimizer_state_was_saved(runs, t
   wrong = jax.tree.map(lambda x: x, sft["params"])
   wrong["ln_final"] = {"scale": np.ones(7, np.float32)}
   write(tmp_path / "wrong", wrong)
-  with pytest.raises(UserError, match="does not match its config.json's model"):
+  with pytest.raises(UserError, match="does not match the model of its config"):
     load_policy(str(tmp_path / "wrong"))

@@ -252,10 +252,14 @@ class Checkpointer:
       raise UserError(f"no usable checkpoint in {self.directory}: {'; '.join(failures)}")
     raise UserError(f"no checkpoint found in {self.directory}")
 
-  def restore_params(self, step: int | None = None):
+  def restore_params(self, step: int | None = None, expected=None):
     """(params, step) of `step` (default: the newest intact one) as numpy arrays, without
     knowing the model that wrote them: the saved metadata gives every shape (fine-tuning
-    reads a pretrained workdir this way)."""
+    reads a pretrained workdir this way; the optimizer state's layout does not matter).
+
+    `expected`, a tree of the model's parameter shapes (e.g. `jax.eval_shape` of its
+    init), makes a checkpoint of another model shape a UserError naming the first
+    difference."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise UserError(f"no checkpoint found in {self.directory}")
@@ -268,7 +272,10 @@ class Checkpointer:
                             metadata)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract)))
-    return jax.device_get(restored["state"]["params"]), step
+    params = jax.device_get(restored["state"]["params"])
+    if expected is not None:
+      _check_param_shapes(expected, params, f"{self.directory}/{step}")
+    return params, step
 
   def _try_restore(self, step: int, abstract_state):
     """(restored, None), or (None, why) when the failure means the step is damaged.
@@ -308,3 +315,14 @@ class Checkpointer:
 
   def close(self):
     self._manager.close()
+
+
+def _check_param_shapes(expected, params, where: str):
+  flat = lambda tree: {jax.tree_util.keystr(k): tuple(v.shape)  # noqa: E731
+                       for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  want, have = flat(expected), flat(params)
+  for path in sorted(want.keys() | have.keys()):
+    if want.get(path) != have.get(path):
+      raise UserError(f"checkpoint {where} does not match the model of its config: params"
+                      f"{path} is {have.get(path, 'absent')} in the checkpoint, "
+                      f"{want.get(path, 'absent')} in the model")
