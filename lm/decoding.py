@@ -8,7 +8,9 @@ self-attention KV caches (`model.init_cache`), written at `cache_index = step`. 
 first step also projects the encoder output to every layer's cross-attention
 keys/values (sown in the `CROSS_KV` collection, lm/layers/attention.py); later steps
 read those instead of the encoder output, so the projections run once per source
-(`cache_cross_kv=False` recomputes them every step, kept for experiments/bench_decoding.py).
+(`cache_cross_kv=False` recomputes them every step, kept for experiments/bench_decoding.py;
+inside this one jitted loop XLA hoists the recomputation anyway, so the cache makes the
+saving a property of the code, and it saves real work where steps are separate calls).
 A hypothesis ends at its first `eos_id` (included in the output) or after `max_len`
 tokens; positions after the end hold `pad_id`. Scores are the model's summed
 log-probabilities, divided in beam search by GNMT's length penalty
