@@ -74,13 +74,15 @@ def test_stack_unstack_round_trip_and_init_layout():
 
 
 @pytest.mark.parametrize("variant", ["gpt2", "alibi_local", "mla"])
-def test_scanned_kv_cache_decode_equals_full_forward(variant):
+def test_scanned_forward_and_kv_cache_decode_equal_unrolled_forward(variant):
   cfg, scfg = _pair(**VARIANTS[variant])
   params = random_params(GPT(cfg), seed=2)
   stacked = stack_layers(params, cfg.num_layers)
   tokens = _tokens(cfg)
   want = jax.jit(GPT(cfg).apply)({"params": params}, tokens)[0]  # unrolled, no cache
   model = GPT(scfg)
+  full = jax.jit(model.apply)({"params": stacked}, tokens)[0]  # scanned, no cache
+  np.testing.assert_allclose(full, want, rtol=1e-5, atol=1e-6)
   caches = model.init_cache(tokens.shape[0])
   assert jax.tree.leaves(caches)[0].shape[:3] == (cfg.num_layers, 2, cfg.max_len)
   prefill = 5
