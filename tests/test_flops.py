@@ -75,11 +75,22 @@ def test_mtp_depths_add_projection_block_and_head():
   assert per_token == 3 * _dot_flops(jaxpr) / T
 
 
-def test_bert_counts_encoder_mlm_over_all_positions_and_nsp_once():
+def test_bert_counts_encoder_mlm_slots_and_nsp_once():
   cfg = BertConfig(vocab_size=41, num_layers=2, num_heads=4, embed_dim=32, mlp_dim=40,
                    max_len=16)
-  T = 9
-  assert flops.bert_forward_flops(cfg, T) == _traced_flops(Bert(cfg), _tokens(T))
+  T, P = 9, 3
+  model = Bert(cfg)
+  assert flops.bert_forward_flops(cfg, T) == _traced_flops(model, _tokens(T))  # all positions
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), _tokens(T)))
+  positions_BP = jnp.array([[1, 4, 7]], jnp.int32)
+  jaxpr = jax.make_jaxpr(lambda p: model.apply(p, _tokens(T), mlm_positions_BP=positions_BP))(
+      params).jaxpr
+  assert flops.bert_forward_flops(cfg, T, mlm_positions=P) == _dot_flops(jaxpr)
+  config = types.SimpleNamespace(family="bert", model=cfg, task_config=None,
+                                 data=types.SimpleNamespace(seq_len=T))
+  task = types.SimpleNamespace(eval_batches=[{"tokens": np.zeros((2, T)),
+                                              "mlm_positions": np.zeros((2, P))}])
+  assert mfu.run_flops_per_token(config, task, 0) == 3 * _dot_flops(jaxpr) / T
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(num_kv_heads=2, mlp="swiglu", position="rope")])

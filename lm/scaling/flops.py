@@ -9,7 +9,7 @@ its elementwise recurrence are not counted. What "a token" is follows each task'
 | family | FLOPs of | per |
 | --- | --- | --- |
 | gpt | blocks (MoE: router + top-k + shared experts; MLA), logits; + MTP depths | input token |
-| bert | encoder over all T positions, MLM head over all T (computed for every position, the loss then keeps the masked ones), pooler + NSP once per sequence | input position |
+| bert | encoder over all T positions, MLM head over the P prediction slots the task gathers (mlm_nsp's `mlm_positions`; all T without them), pooler + NSP once per sequence | input position |
 | encdec | encoder over S source tokens, decoder over T targets with self- and cross-attention (keys/values of the S encoder outputs in every decoder layer), logits over T | source + target token (S + T) |
 | recurrent | input and recurrent kernels of every gate, the output head | token |
 | ssm | gate/input/output projections, the RG-LRU's two gate matrices, the MLP, logits | token |
@@ -43,12 +43,14 @@ def _attention_scores(T: int, S: int, s: dict) -> int:
   return 2 * 2 * T * S * s["nq"] * s["H"]
 
 
-def bert_forward_flops(config, seq_len: int) -> int:
+def bert_forward_flops(config, seq_len: int, mlm_positions: int | None = None) -> int:
+  """`mlm_positions`: the MLM head's slots per sequence (None: every position)."""
   s = _shape(config)
   T, d = seq_len, s["d"]
+  P = T if mlm_positions is None else mlm_positions
   weights, _ = _block_matrices(s)
   encoder = s["L"] * (2 * T * weights + _attention_scores(T, T, s))
-  mlm = 2 * T * (d * d + d * s["V"])  # transform, then the tied embedding matrix
+  mlm = 2 * P * (d * d + d * s["V"])  # transform, then the tied embedding matrix
   pooler_nsp = 2 * (d * d + d * 2)  # the [CLS] position only
   return encoder + mlm + pooler_nsp
 
@@ -83,13 +85,13 @@ def ssm_forward_flops(config, seq_len: int) -> int:
 
 
 def train_flops_per_token(family: str, model_config, seq_len: int, *, target_len: int = 0,
-                          mtp_depth: int = 0) -> float | None:
+                          mtp_depth: int = 0, mlm_positions: int | None = None) -> float | None:
   """3 x forward matmul FLOPs per token (see the table above); None: no formula."""
   c = model_config
   if family == "gpt":
     forward = gpt_forward_flops(c, seq_len) + mtp_forward_flops(c, seq_len, mtp_depth)
   elif family == "bert":
-    forward = bert_forward_flops(c, seq_len)
+    forward = bert_forward_flops(c, seq_len, mlm_positions)
   elif family == "encdec":
     return 3.0 * encdec_forward_flops(c, seq_len, target_len) / (seq_len + target_len)
   elif family == "recurrent":

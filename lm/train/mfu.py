@@ -26,28 +26,30 @@ CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cac
 
 
 def model_flops_per_token(family: str, model_config, seq_len: int, num_params: int, *,
-                          target_len: int = 0, mtp_depth: int = 0) -> float:
+                          target_len: int = 0, mtp_depth: int = 0,
+                          mlm_positions: int | None = None) -> float:
   """PaLM-convention training FLOPs per token (lm/scaling/flops.py: every family's
   matmuls as computed, MoE counting the experts a token uses, plus MTP depths);
   6 x params for families without a formula (ViT, CLIP, captioning)."""
   from lm.scaling.flops import train_flops_per_token
   flops = train_flops_per_token(family, model_config, seq_len, target_len=target_len,
-                                mtp_depth=mtp_depth)
+                                mtp_depth=mtp_depth, mlm_positions=mlm_positions)
   return 6.0 * num_params if flops is None else flops
 
 
 def run_flops_per_token(config, task, num_params: int) -> float:
   """A training run's FLOPs per token, in the unit of its task's `tokens_per_step`:
   encoder-decoder tasks count source + target tokens (lengths from an eval batch), MTP
-  tasks add their depths (`task_config.depth`)."""
-  target_len = 0
-  if config.family == "encdec" and task.eval_batches:
-    batch = task.eval_batches[0]
+  tasks add their depths (`task_config.depth`), MLM batches with `mlm_positions` run
+  the MLM head at those slots only."""
+  target_len, seq_len, slots = 0, config.data.seq_len, None
+  batch = task.eval_batches[0] if task.eval_batches else {}
+  if config.family == "encdec" and batch:
     seq_len, target_len = batch["inputs"].shape[-1], batch["targets"].shape[-1]
-  else:
-    seq_len = config.data.seq_len
+  if "mlm_positions" in batch:
+    slots = batch["mlm_positions"].shape[-1]
   return model_flops_per_token(config.family, config.model, seq_len, num_params,
-                               target_len=target_len,
+                               target_len=target_len, mlm_positions=slots,
                                mtp_depth=getattr(config.task_config, "depth", 0) or 0)
 
 
