@@ -3,8 +3,8 @@
 Run:
   python -m experiments.run --config=configs/bert_shakespeare.py --workdir=/tmp/bert
 Expected (docs/bert.md has the measured run): after 1000 steps val_mlm_accuracy ~0.54,
-val_mlm_loss ~1.55, val_nsp_accuracy ~0.64; 0.46 already at step 500. 219 CPU-seconds:
-a few minutes on a quiet 2-core CPU (481 s wall while shared with ~4 other jobs).
+val_mlm_loss ~1.55, val_nsp_accuracy ~0.64; 0.46 already at step 500. ~225 CPU-seconds:
+229 s wall on the 2-core CPU at load ~4 (481 s at load ~9), less when quiet.
 summary.json shows a masked validation pair filled in by the model.
 
 BERT's post-LN blocks, heads, masking and NSP, with one change: RoPE instead of the
