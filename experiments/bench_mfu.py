@@ -3,6 +3,9 @@
   python -m experiments.bench_mfu                         # both tables
   python -m experiments.bench_mfu --tables=mfu --steps=20 --batch=8
   python -m experiments.bench_mfu --tables=scan --depths=2,8,16
+  # on a GPU: ~350M (24 x 1024) and ~1.2B (24 x 2048) decoders, bf16 and simulated FP8
+  python -m experiments.bench_mfu --tables=mfu --layers=24 --widths=1024,2048 \
+      --dtypes=bfloat16,fp8 --seq_len=1024 --batch=8
 
 `mfu`: the measured matmul peak (one device, per dtype), then for GPTs of width
 d = 128, 384, 512, 768 (6 layers, head dim 64, MLP 4d, seq 256) the train step's
@@ -37,7 +40,9 @@ _STEPS_PER_CALL = flags.DEFINE_integer("steps_per_call", 5, "Steps scanned per j
 _BATCH = flags.DEFINE_integer("batch", 8, "Sequences per step.")
 _SEQ = flags.DEFINE_integer("seq_len", 256, "Tokens per sequence.")
 _WIDTHS = flags.DEFINE_list("widths", ["128", "384", "512", "768"], "Model widths d (mfu).")
-_DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Matmul operand dtypes (mfu).")
+_LAYERS = flags.DEFINE_integer("layers", 6, "Depth of the mfu table's models.")
+_DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"],
+                            "Matmul operand dtypes (mfu): float32, bfloat16, fp8.")
 _DEPTHS = flags.DEFINE_list("depths", ["2", "8", "16"], "Depths of the scan comparison.")
 _SCAN_WIDTH = flags.DEFINE_integer("scan_width", 128, "Width of the scan comparison's models.")
 _PEAK_SIZE = flags.DEFINE_integer("peak_size", 0, "Matmul size for the peak; 0: 2048 on CPU, "
@@ -91,7 +96,7 @@ def mfu_table():
   rows = []
   for width in map(int, _WIDTHS.value):
     for dtype in _DTYPES.value:
-      cfg = gpt_config(width, 6, _SEQ.value, matmul_dtype=dtype)
+      cfg = gpt_config(width, _LAYERS.value, _SEQ.value, matmul_dtype=dtype)
       r = measure_step(cfg, _BATCH.value, _STEPS.value, _STEPS_PER_CALL.value)
       r["flops"] = r["tokens_per_sec"] * mfu.model_flops_per_token("gpt", cfg, cfg.max_len, 0)
       print(json.dumps({"d": width, "matmul": dtype, **{k: round(v, 3) for k, v in r.items()}}),
