@@ -18,11 +18,14 @@ install: $(BIN)/.installed
 run: $(BIN)/.installed
 	$(BIN)/python -m experiments.run --config=$(CONFIG) --workdir=$(WORKDIR)
 
+# Two workers (pytest-xdist), whole files per worker so module fixtures are built once:
+# compilation is mostly single-threaded, so this fills both cores of a 2-core machine.
+PYTEST_WORKERS ?= 2
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 test-all: $(BIN)/.installed
-	$(BIN)/python -m pytest -q -m ""
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m ""
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m experiments.bench_train
