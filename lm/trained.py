@@ -81,19 +81,6 @@ def load(workdir: str) -> Trained:
 
 # ---------------------------------------------------------------------------- shared pieces
 
-def _restore_params(workdir: str):
-  from lm.train.checkpoint import Checkpointer
-  checkpointer = Checkpointer(workdir, create=False)
-  try:
-    if checkpointer.latest_step() is None:
-      raise UserError(f"no checkpoint in {workdir}/checkpoints: train first, e.g. "
-                      f"python -m experiments.run --config=configs/shakespeare_char.py "
-                      f"--workdir={workdir}")
-    return checkpointer.restore_params()
-  finally:
-    checkpointer.close()
-
-
 def _first_token_prior(workdir: str, vocab_size: int) -> tuple[np.ndarray, str]:
   path = os.path.join(workdir, workdir_lib.TOKEN_PRIOR)
   if not os.path.exists(path):  # e.g. a GRPO run: the first token gets 1 / V
@@ -130,7 +117,7 @@ class _Decoder:
 def _load_decoder(workdir: str, config_path: str) -> _Decoder:
   from lm.objectives_mtp import gpt_params
   config = config_lib.load_json(config_path)
-  params, step = _restore_params(workdir)
+  params, step = workdir_lib.restore_params(workdir)
   tokenizer = load_tokenizer(os.path.join(workdir, workdir_lib.TOKENIZER))
   # gpt_params drops the MTP modules: training-only heads, sampling uses the main head.
   return _Decoder(config, build_model(config.family, config.model), gpt_params(params),
@@ -227,7 +214,7 @@ def _encdec(workdir: str) -> Trained:
   from lm.encdec_sampling import sample_targets, target_logprobs
   config = config_lib.load_json(os.path.join(workdir, workdir_lib.CONFIG))
   model = build_model(config.family, config.model)
-  params, step = _restore_params(workdir)
+  params, step = workdir_lib.restore_params(workdir)
   tokenizer = load_special_tokenizer(os.path.join(workdir, workdir_lib.TOKENIZER))
   max_target = config.model.max_target_len
   length_penalty = getattr(config.task_config, "length_penalty", 0.0)  # seq2seq has one
@@ -280,7 +267,7 @@ def _bert(workdir: str) -> Trained:
   from lm.tasks.mlm_nsp import BertTokenizer
   config = config_lib.load_json(os.path.join(workdir, workdir_lib.CONFIG))
   model = build_model(config.family, config.model)
-  params, step = _restore_params(workdir)
+  params, step = workdir_lib.restore_params(workdir)
   tokenizer = BertTokenizer(load_tokenizer(os.path.join(workdir, workdir_lib.TOKENIZER)))
 
   def score(text: str, prompt: str | None) -> Scored:

@@ -59,12 +59,27 @@ class TrainedModel:
   step: int
 
 
+def restore_params(workdir: str, expected=None):
+  """(params, step) of a workdir's newest intact checkpoint, onto one device whatever mesh
+  trained it: the parameters alone, read by the checkpoint's own metadata (so any
+  optimizer-state layout will do), checked against `expected` shapes when given."""
+  from lm.train.checkpoint import Checkpointer  # local: lm.train.trainer imports this module
+  checkpointer = Checkpointer(workdir, create=False)
+  try:
+    if checkpointer.latest_step() is None:
+      raise UserError(f"no checkpoint in {workdir}/checkpoints: train first, e.g. "
+                      f"python -m experiments.run --config=configs/shakespeare_char.py "
+                      f"--workdir={workdir}")
+    return checkpointer.restore_params(expected=expected)
+  finally:
+    checkpointer.close()
+
+
 def load_trained(workdir: str) -> TrainedModel:
   """Config, tokenizer and the latest checkpoint's params of a causal LM run (finished or
   running)."""
   # Local imports: lm.tasks.causal_lm imports this module.
   from lm.tasks.causal_lm import init_params
-  from lm.train.checkpoint import Checkpointer
 
   config_path = os.path.join(workdir, CONFIG)
   if not os.path.exists(config_path):
@@ -74,18 +89,8 @@ def load_trained(workdir: str) -> TrainedModel:
     raise UserError(f"{workdir} holds a {config.task!r} run; this needs a causal language "
                     f"model (causal_lm or tbptt_lm)")
   model = build_model(config.family, config.model)
-  checkpointer = Checkpointer(workdir, create=False)
-  try:
-    if checkpointer.latest_step() is None:
-      raise UserError(f"no checkpoint in {workdir}/checkpoints: train first, e.g. "
-                      f"python -m experiments.run --config=configs/shakespeare_char.py "
-                      f"--workdir={workdir}")
-    # Only the params, onto one device whatever mesh trained them, checked against the model.
-    expected = nn.meta.unbox(jax.eval_shape(
-        lambda: init_params(model, config.data.seq_len, 0)))
-    params, step = checkpointer.restore_params(expected=expected)
-  finally:
-    checkpointer.close()
+  expected = nn.meta.unbox(jax.eval_shape(lambda: init_params(model, config.data.seq_len, 0)))
+  params, step = restore_params(workdir, expected)
   tokenizer = load_tokenizer(os.path.join(workdir, TOKENIZER))
   with open(os.path.join(workdir, TOKEN_PRIOR)) as f:
     prior = np.asarray(json.load(f), np.float64)

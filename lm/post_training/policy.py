@@ -51,21 +51,13 @@ def load_policy(workdir: str) -> Policy:
   Only the parameters are read, by the checkpoint's own metadata: the run's optimizer
   state (whose layout depends on the optimizer options of the code that wrote it) is not
   needed to use the model, and the shapes are checked against the model instead."""
-  from lm.train.checkpoint import Checkpointer
-
   config = config_lib.load_json(model_config_path(workdir))
   if config.family != "gpt" or config.task not in DECODER_TASKS:
     raise UserError(f"{workdir} holds a {config.family}/{config.task} run; post-training needs "
                     f"a gpt decoder trained with one of {DECODER_TASKS}")
   model = build_model(config.family, config.model)
-  checkpointer = Checkpointer(workdir, create=False)
-  try:
-    if checkpointer.latest_step() is None:
-      raise UserError(f"no checkpoint in {workdir}/checkpoints: train it first")
-    expected = nn.meta.unbox(jax.eval_shape(lambda: init_boxed(model, config.model.max_len, 0)))
-    params, step = checkpointer.restore_params(expected=expected)
-  finally:
-    checkpointer.close()
+  expected = nn.meta.unbox(jax.eval_shape(lambda: init_boxed(model, config.model.max_len, 0)))
+  params, step = workdir_lib.restore_params(workdir, expected)
   tokenizer = load_tokenizer(os.path.join(workdir, workdir_lib.TOKENIZER))
   return Policy(config, model, params, tokenizer, step)
 
