@@ -22,3 +22,20 @@ def random_params(model, seed, scale=0.3):
     return jnp.asarray(x, leaf.dtype)
 
   return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def traced_matmul_flops(jaxpr) -> int:
+  """2 x output size x contracted size for every dot_general of a traced program, nested
+  jaxprs included and scan bodies counted once per trip: an independent count of the
+  matmul FLOPs a model really does."""
+  total = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      out = eqn.outvars[0].aval.shape
+      total += 2 * int(np.prod(out)) * int(np.prod([lhs[d] for d in lhs_contract]))
+    trips = eqn.params["length"] if eqn.primitive.name == "scan" else 1
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      total += trips * traced_matmul_flops(sub)
+  return total

@@ -18,25 +18,12 @@ from lm.models.ssm import SSMLM, SSMConfig
 from lm.objectives_mtp import init_mtp_params, mtp_forward
 from lm.scaling import flops
 from lm.train import mfu
-
-
-def _dot_flops(jaxpr) -> int:
-  total = 0
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
-      (lhs_contract, _), _ = eqn.params["dimension_numbers"]
-      lhs = eqn.invars[0].aval.shape
-      out = eqn.outvars[0].aval.shape
-      total += 2 * int(np.prod(out)) * int(np.prod([lhs[d] for d in lhs_contract]))
-    trips = eqn.params["length"] if eqn.primitive.name == "scan" else 1
-    for sub in jax.core.jaxprs_in_params(eqn.params):
-      total += trips * _dot_flops(sub)
-  return total
+from model_helpers import traced_matmul_flops
 
 
 def _traced_flops(model, *inputs, method=None) -> int:
   params = jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs))
-  return _dot_flops(jax.make_jaxpr(lambda p: model.apply(p, *inputs, method=method))(params).jaxpr)
+  return traced_matmul_flops(jax.make_jaxpr(lambda p: model.apply(p, *inputs, method=method))(params).jaxpr)
 
 
 def _tokens(length, vocab=37):
@@ -70,9 +57,9 @@ def test_mtp_depths_add_projection_block_and_head():
        **init_mtp_params(model, T, depth, seed=0)}))
   jaxpr = jax.make_jaxpr(lambda p: mtp_forward(model, p, tokens, depth))(params).jaxpr
   assert flops.gpt_forward_flops(cfg, T) + flops.mtp_forward_flops(cfg, T, depth) == \
-      _dot_flops(jaxpr)
+      traced_matmul_flops(jaxpr)
   per_token = mfu.model_flops_per_token("gpt", cfg, T, 0, mtp_depth=depth)
-  assert per_token == 3 * _dot_flops(jaxpr) / T
+  assert per_token == 3 * traced_matmul_flops(jaxpr) / T
 
 
 def test_bert_counts_encoder_mlm_slots_and_nsp_once():
@@ -85,12 +72,12 @@ def test_bert_counts_encoder_mlm_slots_and_nsp_once():
   positions_BP = jnp.array([[1, 4, 7]], jnp.int32)
   jaxpr = jax.make_jaxpr(lambda p: model.apply(p, _tokens(T), mlm_positions_BP=positions_BP))(
       params).jaxpr
-  assert flops.bert_forward_flops(cfg, T, mlm_positions=P) == _dot_flops(jaxpr)
+  assert flops.bert_forward_flops(cfg, T, mlm_positions=P) == traced_matmul_flops(jaxpr)
   config = types.SimpleNamespace(family="bert", model=cfg, task_config=None,
                                  data=types.SimpleNamespace(seq_len=T))
   task = types.SimpleNamespace(eval_batches=[{"tokens": np.zeros((2, T)),
                                               "mlm_positions": np.zeros((2, P))}])
-  assert mfu.run_flops_per_token(config, task, 0) == 3 * _dot_flops(jaxpr) / T
+  assert mfu.run_flops_per_token(config, task, 0) == 3 * traced_matmul_flops(jaxpr) / T
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(num_kv_heads=2, mlp="swiglu", position="rope")])

@@ -7,20 +7,7 @@ import pytest
 
 from lm.models.gpt import GPT, GPTConfig
 from lm.train import mfu
-
-
-def _dot_flops(jaxpr) -> int:
-  """2 x (product of all output and contracted dims) for every dot_general, recursively."""
-  total = 0
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
-      (lhs_contract, _), _ = eqn.params["dimension_numbers"]
-      lhs = eqn.invars[0].aval.shape
-      out = eqn.outvars[0].aval.shape
-      total += 2 * int(np.prod(out)) * int(np.prod([lhs[d] for d in lhs_contract]))
-    for sub in jax.core.jaxprs_in_params(eqn.params):
-      total += _dot_flops(sub)
-  return total
+from model_helpers import traced_matmul_flops
 
 
 @pytest.mark.parametrize("kw", [{}, dict(num_kv_heads=1, mlp="swiglu", use_bias=False),
@@ -32,7 +19,7 @@ def test_palm_flops_equal_three_times_forward_matmuls(kw):
   tokens = jnp.zeros((1, cfg.max_len), jnp.int32)
   params = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens))
   jaxpr = jax.make_jaxpr(lambda p: model.apply(p, tokens)[0])(params).jaxpr
-  forward_per_token = _dot_flops(jaxpr) / cfg.max_len
+  forward_per_token = traced_matmul_flops(jaxpr) / cfg.max_len
   got = mfu.model_flops_per_token("gpt", cfg, cfg.max_len, num_params=0)
   assert got == pytest.approx(3 * forward_per_token, rel=1e-9)
 

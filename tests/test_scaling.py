@@ -19,6 +19,7 @@ from lm.models.gpt import GPTConfig
 from lm.models.registry import build_model
 from lm.scaling import counting, fit, frontier, laws
 from lm.tasks.causal_lm import init_params
+from model_helpers import traced_matmul_flops
 
 HOFFMANN = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)  # Hoffmann et al. 2022, D.2
 KAPLAN = dict(alpha_N=0.076, alpha_D=0.095, N_c=8.8e13, D_c=5.4e13)  # Kaplan et al. 2020, 1.5
@@ -144,20 +145,6 @@ def test_kaplan_flops_of_sparse_layouts_by_hand():
   assert counting.kaplan_flops_per_token(strided, 16) == 6 * n + 6 * (4 + 2) * 32
 
 
-def _dot_flops(jaxpr) -> int:
-  """2 x (output size) x (contracted size) for every dot_general, nested jaxprs included."""
-  total = 0
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
-      (contract, _), _ = eqn.params["dimension_numbers"]
-      lhs_shape = eqn.invars[0].aval.shape
-      total += 2 * int(np.prod(eqn.outvars[0].aval.shape)) * int(
-          np.prod([lhs_shape[i] for i in contract]))
-    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-      total += _dot_flops(sub)
-  return total
-
-
 @pytest.mark.parametrize("overrides", [{}, {"tie_embeddings": False, "use_bias": False},
                                        {"num_kv_heads": 1, "position": "rope"},
                                        {"mlp": "swiglu", "norm": "rmsnorm"}],
@@ -170,10 +157,10 @@ def test_matmul_flops_match_the_jaxpr(overrides):
   tokens = jnp.zeros((1, config.max_len), jnp.int32)
   forward = lambda p: model.apply({"params": p}, tokens)[0]
   expected = counting.forward_matmul_flops(config, config.max_len)
-  assert _dot_flops(jax.make_jaxpr(forward)(params).jaxpr) == expected
+  assert traced_matmul_flops(jax.make_jaxpr(forward)(params).jaxpr) == expected
   # Backward: two matmuls of the forward's size for each one (input and weight gradients).
   grad = jax.grad(lambda p: jnp.sum(forward(p)))
-  assert _dot_flops(jax.make_jaxpr(grad)(params).jaxpr) == 3 * expected
+  assert traced_matmul_flops(jax.make_jaxpr(grad)(params).jaxpr) == 3 * expected
   assert counting.train_matmul_flops_per_token(config, config.max_len) == \
       3 * expected / config.max_len
 
