@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from model_helpers import traced_matmul_flops
 
 from lm.models.bert import Bert, BertConfig
 from lm.models.encdec import EncDecConfig, EncoderDecoder
@@ -18,7 +19,6 @@ from lm.models.ssm import SSMLM, SSMConfig
 from lm.objectives_mtp import init_mtp_params, mtp_forward
 from lm.scaling import flops
 from lm.train import mfu
-from model_helpers import traced_matmul_flops
 
 
 def _traced_flops(model, *inputs, method=None) -> int:

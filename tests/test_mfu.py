@@ -2,12 +2,11 @@
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
+from model_helpers import traced_matmul_flops
 
 from lm.models.gpt import GPT, GPTConfig
 from lm.train import mfu
-from model_helpers import traced_matmul_flops
 
 
 @pytest.mark.parametrize("kw", [{}, dict(num_kv_heads=1, mlp="swiglu", use_bias=False),

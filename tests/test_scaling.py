@@ -13,13 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from model_helpers import traced_matmul_flops
 
 from lm.errors import UserError
 from lm.models.gpt import GPTConfig
 from lm.models.registry import build_model
 from lm.scaling import counting, fit, frontier, laws
 from lm.tasks.causal_lm import init_params
-from model_helpers import traced_matmul_flops
 
 HOFFMANN = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)  # Hoffmann et al. 2022, D.2
 KAPLAN = dict(alpha_N=0.076, alpha_D=0.095, N_c=8.8e13, D_c=5.4e13)  # Kaplan et al. 2020, 1.5
