@@ -89,10 +89,14 @@ def test_yarn_scales_attention_logits_by_temperature_squared():
   assert float(logit) == pytest.approx(want, rel=1e-4)
 
 
-def test_gpt_passes_the_scaling_to_every_layer():
-  """A GPT with linear scaling == the same params run at positions / factor."""
+@pytest.mark.parametrize("attention", [dict(position="rope"),
+                                       dict(position="none", attention="mla", mla_kv_rank=8,
+                                            mla_rope_dim=4)])
+def test_gpt_passes_the_scaling_to_every_layer(attention):
+  """A GPT with linear scaling == the same params run at positions / factor (for MLA: its
+  decoupled RoPE query and key)."""
   base = GPTConfig(vocab_size=11, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=32,
-                   max_len=64, position="rope", use_bias=False)
+                   max_len=64, use_bias=False, **attention)
   scaled = GPTConfig(**{**base.__dict__, "rope_scaling": "linear", "rope_scaling_factor": 4.0,
                         "rope_original_max_len": 16})
   tokens = jax.random.randint(jax.random.key(0), (2, 12), 0, 11)

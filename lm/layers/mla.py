@@ -16,7 +16,7 @@ c_kv and k_rope: (C + R) numbers per token and layer, against 2NH for MHA and 2K
 """
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -35,6 +35,7 @@ class MLAConfig:
   q_rank: int = 0  # P = d_c' (0: queries straight from x)
   rope_dim: int = 16  # R (even)
   rope_base: float = 10000.0
+  rope_scaling: Any = None  # an lm.layers.positions.RopeScaling (context extension)
   dropout: float = 0.0
   matmul_dtype: str = "float32"
   num_layers_for_init: int = 1
@@ -88,11 +89,12 @@ class MLA(nn.Module):
       q_src = self._norm("q_norm")(self._dense(c.q_rank, ("embed", None), "q_down")(x_BTD))
     q_names = (("embed",) if not c.q_rank else (None,)) + ("heads", "head_dim")
     q_BTNH = self._dense((N, H), q_names, "q_content")(q_src)
-    q_rope_BTNR = apply_rope(self._dense((N, R), q_names, "q_rope")(q_src), q_pos_BT, c.rope_base)
+    q_rope_BTNR = apply_rope(self._dense((N, R), q_names, "q_rope")(q_src), q_pos_BT, c.rope_base,
+                             c.rope_scaling)
 
     latent_BTC = self._norm("kv_norm")(self._dense(c.kv_rank, ("embed", None), "kv_down")(x_BTD))
     k_rope_BTR = apply_rope(self._dense((1, R), ("embed", None, None), "k_rope")(x_BTD),
-                            q_pos_BT, c.rope_base)[:, :, 0]
+                            q_pos_BT, c.rope_base, c.rope_scaling)[:, :, 0]
     if cache is not None:
       latent_BSC = jax.lax.dynamic_update_slice_in_dim(cache.latent_BSC, latent_BTC,
                                                        cache_index, axis=1)

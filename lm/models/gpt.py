@@ -127,9 +127,9 @@ class GPTConfig(PEFTFields):  # + LoRA / adapter / prefix / prompt fields (lm/la
     if (self.prefix_len or self.prompt_len) and self.attention == "mla":
       raise ValueError("prefix and prompt tuning need attention=mha (MLA caches latents)")
     self.rope_scaling_config()  # checks the rope_scaling fields
-    if self.rope_scaling != "none" and (self.position != "rope" or self.attention == "mla"):
-      raise ValueError(f"model.rope_scaling={self.rope_scaling!r} needs position=rope and "
-                       f"attention=mha")
+    if self.rope_scaling != "none" and self.position != "rope" and self.attention != "mla":
+      raise ValueError(f"model.rope_scaling={self.rope_scaling!r} needs position=rope (or "
+                       f"attention=mla, whose decoupled RoPE key it scales)")
     if self.moe_first_dense < 0 or self.mla_head_dim < 0:
       raise ValueError("model.moe_first_dense and model.mla_head_dim must be >= 0")
     if self.attention == "mla":
@@ -168,7 +168,7 @@ class GPTConfig(PEFTFields):  # + LoRA / adapter / prefix / prompt fields (lm/la
         num_heads=self.num_heads, head_dim=self.mla_head_dim or self.head_dim,
         kv_rank=self.mla_kv_rank,
         q_rank=self.mla_q_rank, rope_dim=self.mla_rope_dim, rope_base=self.rope_base,
-        dropout=self.dropout, matmul_dtype=self.matmul_dtype,
+        rope_scaling=self.rope_scaling_config(), dropout=self.dropout, matmul_dtype=self.matmul_dtype,
         num_layers_for_init=self.num_layers)
 
   def rope_scaling_config(self) -> RopeScaling | None:
