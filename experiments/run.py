@@ -118,6 +118,8 @@ def _init_distributed():
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise UserError(f"could not join the multi-process run at {coordinator} as process "
                     f"{pid}/{num} within {_INIT_TIMEOUT.value}s: {first}") from None
+  global _JOINED_MULTI_PROCESS
+  _JOINED_MULTI_PROCESS = num > 1
 
 
 def _main(argv):
@@ -186,12 +188,22 @@ def _parse_flags(argv: list[str]) -> list[str]:
     sys.exit(2)
 
 
+_JOINED_MULTI_PROCESS = False
+
+
 def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   try:
     _main(argv)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
+    if _JOINED_MULTI_PROCESS:
+      # A normal exit would wait in jax.distributed's shutdown barrier for peers that are
+      # waiting for this process in a collective: leave at once, so their heartbeat sees
+      # it gone and they exit too (--heartbeat_timeout_s).
+      sys.stderr.flush()
+      sys.stdout.flush()
+      os._exit(2)
     sys.exit(2)
 
 

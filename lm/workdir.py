@@ -11,6 +11,7 @@ load every kind of workdir through lm/trained.py.
 import dataclasses
 import json
 import os
+import tempfile
 
 import flax.linen as nn
 import jax
@@ -30,10 +31,9 @@ def ensure_writable(workdir: str):
   """Creates the workdir if needed; a one-line error if it cannot be created or written."""
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_test")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
+    # A private, self-deleting probe: the processes of a multi-process run check at once.
+    with tempfile.TemporaryFile(dir=workdir) as f:
+      f.write(b"ok")
   except OSError as e:
     raise UserError(f"workdir {workdir} is not writable: {e.strerror or e}") from None
 

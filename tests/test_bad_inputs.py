@@ -96,3 +96,12 @@ def test_bad_input_is_a_one_line_user_error(name, tmp_path):
 
 def test_catalogue_is_large():
   assert len(CASES) >= 20
+
+
+def test_concurrent_writability_checks_do_not_collide(tmp_path):
+  """The processes of a multi-process run check one workdir at the same time."""
+  import concurrent.futures
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    list(pool.map(lambda _: [ensure_writable(str(tmp_path / "w")) for _ in range(100)],
+                  range(4)))
+  assert list((tmp_path / "w").iterdir()) == []

@@ -98,3 +98,28 @@ def test_survivor_exits_when_the_other_process_dies(tmp_path):
     for p in procs:
       if p.poll() is None:
         p.kill()
+
+
+@pytest.mark.slow
+def test_a_process_with_a_user_error_exits_and_so_does_its_peer(tmp_path):
+  """Process 1 fails after joining (its workdir lies under a file): it must print its one-line
+  error and leave at once, not wait in the shutdown barrier for process 0, which is waiting
+  for it in a collective; process 0 then exits on the heartbeat timeout."""
+  port = _free_port()
+  (tmp_path / "a_file").write_text("x")
+  workdirs = [tmp_path / "w", tmp_path / "a_file" / "w"]
+  procs = [subprocess.Popen(_cmd(workdirs[i], f"--coordinator=127.0.0.1:{port}",
+                                 "--num_processes=2", f"--process_id={i}",
+                                 "--heartbeat_timeout_s=10"),
+                            cwd=REPO_ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  try:
+    _, err = procs[1].communicate(timeout=120)
+    assert procs[1].returncode == 2
+    assert "not writable" in err.strip().splitlines()[-1]
+    procs[0].wait(timeout=120)
+    assert procs[0].returncode != 0
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
