@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm.models.encdec import shift_right
+from lm.post_training.losses import token_logprobs
 from lm.sampling import sample_logits
 
 
@@ -55,8 +56,7 @@ def sample_targets(model, params, source_ids, *, max_len: int, eos_id: int, temp
 def _target_logprobs(model, params, inputs_1S, targets_1T):
   decoder_inputs_1T = shift_right(targets_1T, model.config.decoder_start_id)
   logits_1TV = model.apply({"params": params}, inputs_1S, decoder_inputs_1T)
-  logp_1TV = jax.nn.log_softmax(logits_1TV.astype(jnp.float32), axis=-1)
-  return jnp.take_along_axis(logp_1TV, targets_1T[..., None], axis=-1)[0, :, 0]
+  return token_logprobs(logits_1TV, targets_1T)[0]
 
 
 def target_logprobs(model, params, source_ids, target_ids) -> np.ndarray:
