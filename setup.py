@@ -21,7 +21,6 @@ setup(
         "safetensors>=0.4",  # Hugging Face BERT checkpoints (lm/models/hf_bert.py), no torch
         "tensorboardX>=2.6",
         "tqdm",
-        "scipy",
         "matplotlib",
         "threadpoolctl",
     ],

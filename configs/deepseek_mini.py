@@ -22,7 +22,7 @@ from configs import base, moe_shakespeare, shakespeare_char
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = base.parse_arg(arg, smoke=False, depth=1)
-  c = shakespeare_char.get_config("arch=llama")
+  c = shakespeare_char.recipe("arch=llama")
   c.model.num_kv_heads = 0
   moe_shakespeare.moe_fields(c.model, experts=8, top_k=2, expert_dim=115, shared=1,
                              router="sigmoid")

@@ -18,7 +18,7 @@ Args: smoke, teacher=DIR, scratch, steps=N, temperature=T, alpha=A.
 import ml_collections
 
 from configs import base
-from configs.shakespeare_char import get_config as lm_config
+from configs.shakespeare_char import recipe as lm_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -20,7 +20,7 @@ Args: smoke, init_from=DIR (same as --config.task_config.init_from), beta=B, ste
 import ml_collections
 
 from configs import base
-from configs.shakespeare_char import get_config as lm_config
+from configs.shakespeare_char import recipe as lm_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

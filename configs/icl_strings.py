@@ -16,7 +16,7 @@ Args: smoke, steps=N (default 1200: ~7 min at 4k tokens/s; ~22 min on the loaded
 import ml_collections
 
 from configs import base
-from configs.shakespeare_char import get_config as lm_config
+from configs.shakespeare_char import recipe as lm_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -26,7 +26,7 @@ from configs import base, shakespeare_char
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = base.parse_arg(arg, smoke=False)
-  c = shakespeare_char.get_config("arch=llama")
+  c = shakespeare_char.recipe("arch=llama")
   c.kind = "long_context"
   c.model.num_kv_heads = 0
   c.model.max_len = 256

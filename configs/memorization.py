@@ -37,7 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # The LM recipe every size trains with (configs/shakespeare_char.py); data.path is set to
   # the canaried corpus by the study.
-  lm = shakespeare_char.get_config()
+  lm = shakespeare_char.recipe()
   lm.kind = "train_lm"
   lm.train.num_steps = 1500
   lm.train.eval_every = 500

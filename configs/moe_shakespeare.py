@@ -63,7 +63,7 @@ def task_config(balance: str, bias_rate: float = 0.001, depth: int = 0,
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = base.parse_arg(arg, smoke=False, balance="aux_free", bias_rate=0.001, experts=8,
                         top_k=2, router="sigmoid", shared=0, dense=False)
-  c = shakespeare_char.get_config("arch=llama")
+  c = shakespeare_char.recipe("arch=llama")
   c.model.num_kv_heads = 0
   # Equal active MLP width: (top_k + shared) experts of 344 / (top_k + shared) each.
   moe_fields(c.model, experts=args.experts, top_k=args.top_k,

@@ -29,7 +29,7 @@ def size(num_layers: int, embed_dim: int, num_heads: int) -> dict:
 
 def base_config() -> ml_collections.ConfigDict:
   """The LM config every sweep run starts from: the char recipe, evaluated once at the end."""
-  c = shakespeare_char.get_config()
+  c = shakespeare_char.recipe()
   c.kind = "sweep"
   c.data.seq_len = 64
   c.model.max_len = 64

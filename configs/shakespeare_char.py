@@ -2,7 +2,12 @@
 
 Run:
   python -m experiments.run --config=configs/shakespeare_char.py --workdir=/tmp/shakespeare
-Expected: val_loss <= 1.88 after 2000 steps (see README for measured figures).
+Expected: val_loss 1.876 after 2000 steps (<= 1.88; seeds 0-2 give 1.865-1.886, README).
+
+The recipe is nanoGPT's CPU one except AdamW's beta1: 0.7 instead of 0.9, chosen by a
+seeded sweep (README "Results"; 3 seeds: mean val loss 1.876 vs 1.902 at 0.9). Configs
+built on this model (MoE, scaling, long context, post-training, ...) start from
+`recipe()`, which keeps beta1 = 0.9.
 
 Variants (`--config=configs/shakespeare_char.py:ARGS`, comma separated):
   smoke           a few-seconds run (2 layers, 64 dims, 40 steps), val_loss ~3
@@ -31,7 +36,20 @@ ARCHS = {
 }
 
 
+# AdamW beta1 of the default 2000-step run: at batch 12 x 64 a shorter momentum memory
+# helps (val loss 0.6: 1.876, 0.7: 1.876, 0.8: 1.889, 0.9: 1.912 on seed 0).
+TUNED_B1 = 0.7
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The default recipe: `recipe(arg)` with the tuned AdamW beta1."""
+  c = recipe(arg)
+  c.optim.b1 = TUNED_B1
+  return c
+
+
+def recipe(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The model, data and training sections other configs build on (AdamW beta1 = 0.9)."""
   args = base.parse_arg(arg, smoke=False, tokenizer="char", vocab_size=0, arch="gpt2")
   if args.arch not in ARCHS:
     raise ValueError(f"arch={args.arch!r}; choose one of {sorted(ARCHS)}")

@@ -93,7 +93,7 @@ def _family_config(name: str) -> ml_collections.ConfigDict:
     return t5_shakespeare.get_config("arch=t5")
   if model.get("attention") == "mla":
     return deepseek_mini.get_config()  # task mtp_lm: MTP depth 1, aux-loss-free balancing
-  return shakespeare_char.get_config("arch=llama" if model["position"] == "rope" else "")
+  return shakespeare_char.recipe("arch=llama" if model["position"] == "rope" else "")
 
 
 def _shrink(c: ml_collections.ConfigDict, family: str):

@@ -55,7 +55,7 @@ def parse_config(values: dict) -> TableConfig:
 
 
 def _pretrain(workdir: str, smoke: bool) -> str:
-  from configs.shakespeare_char import get_config
+  from configs.shakespeare_char import recipe as get_config
   from lm.train.trainer import train
   base = os.path.join(workdir, "base")
   train(config_lib.from_dict(get_config("smoke" if smoke else None).to_dict()), base)

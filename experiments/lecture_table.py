@@ -6,14 +6,14 @@ All three see the same text, split and char tokenizer. The n-gram order is chose
 dev split carved from the end of the training text (never on val), then refitted on
 the whole training split. The LSTM (task tbptt_lm) and the Transformer (causal_lm)
 are trained by the standard trainer in W/lstm and W/transformer (a rerun resumes
-them), with the same number of steps x batch x window tokens.
+them), each for the same number of training tokens (steps x batch x window).
 
 Validation: `val_loss` scores every val token after the first with all the context
 each model can use -- the n-gram its n-1 previous tokens; the Transformer overlapping
 windows, so every token sees >= max_len/2 previous tokens (`lm.scoring`); the LSTM the
 whole val text before it, read as one stream with the state carried.
 `val_loss_windows` is the trainer's eval for both neural models: non-overlapping
-64-token windows, each from an empty context.
+windows of the model's training length (`data.seq_len`), each from an empty context.
 
 Writes table.md, table.json and table.png (val loss vs training wall-clock).
 """
@@ -138,7 +138,8 @@ def neural_row(name: str, config: config_lib.ExperimentConfig, workdir: str) -> 
          "tokens_per_sec": summary["tokens_per_sec"], "val_loss": summary["val_loss"],
          "val_loss_windows": summary["val_loss"], "sample": summary["sample"],
          "steps": summary["steps"], "wall_time_s": summary["wall_time_s"], "curve": curve,
-         "tokens_seen": summary["steps"] * config.data.batch_size * config.data.seq_len}
+         "tokens_seen": summary["steps"] * config.data.batch_size * config.data.seq_len,
+         "window": config.data.seq_len}
   m = config.model
   if config.family == "recurrent":
     row["model"] = f"{m.cell.upper()}, {m.num_layers} x {m.hidden_dim}, truncated BPTT " \
@@ -146,7 +147,8 @@ def neural_row(name: str, config: config_lib.ExperimentConfig, workdir: str) -> 
     row["context"] = f"unbounded (state carried; gradients over {config.data.seq_len})"
     row["val_loss"] = _lstm_stream_loss(config, run_dir)
   else:
-    row["model"] = f"Transformer, {m.num_layers} layers x {m.embed_dim}"
+    row["model"] = f"Transformer, {m.num_layers} layers x {m.embed_dim} ({m.position} " \
+        f"positions, {m.norm}, {m.mlp})"
     row["context"] = f"{m.max_len} tokens"
     row["val_loss"] = _sliding_window_loss(config, run_dir)
   return row
@@ -187,7 +189,7 @@ def _one_line(text: str, limit: int = 60) -> str:
 
 def markdown(rows: list[dict]) -> str:
   lines = ["| model | context | params | train time | tokens/s | val loss (nats/char) | "
-           "val ppl | val loss, 64-token windows from empty context | sample |",
+           "val ppl | val loss, training-length windows from empty context | sample |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for r in rows:
     windows = "—" if r["val_loss_windows"] is None else f"{r['val_loss_windows']:.4f}"
@@ -216,7 +218,7 @@ def plot(rows: list[dict], path: str):
         ax.annotate(f"n={p['order']}", (max(p["time_s"], 1e-2), p["val_loss"]), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
     else:
-      line, = ax.plot(xs, ys, "o-", label=f"{r['model']} (64-token windows)")
+      line, = ax.plot(xs, ys, "o-", label=f"{r['model']} ({r['window']}-token windows)")
       ax.plot([xs[-1]], [r["val_loss"]], "*", color=line.get_color(), markersize=12,
               label=f"{r['model'].split(',')[0]}: full-context eval (final)")
   ax.set_xscale("log")

@@ -50,6 +50,18 @@ def test_default_recipe_is_the_classic_small_cpu_one():
   assert (m.num_layers, m.num_heads, m.embed_dim, m.dropout) == (4, 4, 128, 0.0)
   assert (d.seq_len, d.batch_size, d.val_fraction, d.tokenizer) == (64, 12, 0.1, "char")
   assert (t.num_steps, o.lr, o.min_lr, o.warmup_steps, o.b2) == (2000, 1e-3, 1e-4, 100, 0.99)
+  assert o.b1 == 0.7  # tuned for this recipe (README); configs built on it keep 0.9
+
+
+def test_configs_built_on_the_recipe_keep_adamw_default_beta1():
+  module = _load(os.path.join(REPO, "configs", "shakespeare_char.py"))
+  assert module.recipe().optim.b1 == 0.9
+  for name in ("moe_shakespeare", "scaling_sweep", "long_context", "lecture_table"):
+    cfg = _load(os.path.join(REPO, "configs", f"{name}.py")).get_config()
+    optim = cfg.transformer.optim if name == "lecture_table" else (
+        cfg.optim if "optim" in cfg else None)
+    if optim is not None:
+      assert optim.b1 == 0.9, name
 
 
 def test_json_round_trip_keeps_infinity(tmp_path):
