@@ -7,6 +7,7 @@ Every row trains the LLaMA-style character model of configs/moe_shakespeare.py (
 standard trainer in WORKDIR/<row> (a rerun resumes / reuses finished rows) and reads its
 summary.json. Rows:
   dense, moe_aux_free, moe_aux, moe_none      equal active MLP params; balancing variants
+  moe_aux_free_cf1, moe_aux_cf1               the same two with capacity factor 1.0 (dropping)
   moe_aux_free_g01                            aux-loss-free with gamma = 0.01
   dense_mtp                                   dense + one MTP module (lambda 0.3)
   gqa, mla                                    dense with 2 KV heads / with MLA (d_c 32, R 16)
@@ -38,6 +39,9 @@ ROWS = {
     "moe_aux_free_g01": ("bias_rate=0.01", {}, {}),
     "moe_aux": ("balance=aux", {}, {}),
     "moe_none": ("balance=none", {}, {}),
+    # Capacity factor 1.0 (GShard/Switch token dropping): imbalance now costs tokens.
+    "moe_aux_free_cf1": ("", {"moe_capacity_factor": 1.0}, {}),
+    "moe_aux_cf1": ("balance=aux", {"moe_capacity_factor": 1.0}, {}),
     "dense_mtp": ("dense", {}, {"depth": 1, "weight": 0.3}),
     "gqa": ("dense", {"num_kv_heads": 2}, {}),
     "mla": ("dense", {"attention": "mla", "position": "none"}, {}),
@@ -136,7 +140,7 @@ def run_row(name: str, workdir: str, steps: int, bias_rate: float, seed: int = 0
       "val_mtp_loss_1": summary.get("val_mtp_loss_1"),
       "max_violation": summary.get("val_max_violation"),
       "max_violation_worst": summary.get("val_max_violation_worst"),
-      "aux_loss": summary.get("val_aux_loss"),
+      "aux_loss": summary.get("val_aux_loss"), "dropped": summary.get("val_dropped"),
       "tokens_per_sec": summary["tokens_per_sec"], "total_params": summary["params"],
       "active_params": active_params(config, summary["params"]),
       "kv_bytes_per_token": kv_cache_bytes_per_token(config.model),
@@ -171,6 +175,15 @@ def table(results: dict, steps: int, bias: float) -> str:
       lines.append(f"| {label} | {_f(x['val_loss'])} | "
                    f"{_f(x['max_violation'])} / {_f(x['max_violation_worst'])} | "
                    f"{_f(x['aux_loss'])} |")
+  if "moe_aux_free_cf1" in r or "moe_aux_cf1" in r:
+    lines += ["", "| balancing, capacity factor 1.0 | val loss | final max-violation (mean / "
+                  "worst layer) | dropped assignments (val) |", "| --- | --- | --- | --- |"]
+    for name, label in (("moe_aux_free_cf1", f"aux-free, gamma={bias:g}"),
+                        ("moe_aux_cf1", "Switch aux loss, alpha=0.01")):
+      if name in r:
+        x = r[name]
+        lines.append(f"| {label} | {_f(x['val_loss'])} | {_f(x['max_violation'])} / "
+                     f"{_f(x['max_violation_worst'])} | {_f(x.get('dropped'), '{:.2%}')} |")
   lines += ["", "| MTP | val loss (main head) | val loss of depth 1 (t+2) |", "| --- | --- | --- |"]
   for name, label in (("dense", "off"), ("dense_mtp", "D=1, lambda=0.3")):
     if name in r:
