@@ -246,7 +246,8 @@ def run(config: LectureTableConfig, workdir: str) -> dict:
     f.write(table)
   plot(rows, os.path.join(workdir, "table.png"))
   summary = {r_name: {"val_loss": r["val_loss"], "val_ppl": math.exp(r["val_loss"]),
-                      "params": r["params"], "train_time_s": r["train_time_s"]}
+                      "params": r["params"], "train_time_s": r["train_time_s"],
+                      **({"tokens_seen": r["tokens_seen"]} if "tokens_seen" in r else {})}
              for r_name, r in zip(("ngram", "lstm", "transformer"), rows)}
   summary["val_loss"] = rows[2]["val_loss"]
   summary["transformer_beats_ngram"] = bool(rows[2]["val_loss"] < rows[0]["val_loss"])

@@ -46,16 +46,18 @@ def _yes(ok: bool, partly: bool = False) -> str:
 
 def _lecture_table(d):
   s = d[0]
+  tokens = s["transformer"].get("tokens_seen")
+  budget = f" ({tokens / 1e6:.1f}M training tokens each)" if tokens else ""
   return (f"val loss (nats/char) 7-gram KN {s['ngram']['val_loss']:.4f}, LSTM "
-          f"{s['lstm']['val_loss']:.4f}, Transformer {s['transformer']['val_loss']:.4f} "
-          f"(1.5M training tokens each)")
+          f"{s['lstm']['val_loss']:.4f}, Transformer {s['transformer']['val_loss']:.4f}{budget}")
 
 
 def _lecture_verdict(d):
   s = d[0]
   lstm_beats_ngram = s["lstm"]["val_loss"] < s["ngram"]["val_loss"]
   tf_best = s["transformer"]["val_loss"] < min(s["lstm"]["val_loss"], s["ngram"]["val_loss"])
-  return _yes(tf_best and lstm_beats_ngram)
+  # On 1M characters Kneser-Ney is hard to beat: the Transformer doing so is half the claim.
+  return _yes(tf_best and lstm_beats_ngram, partly=tf_best)
 
 
 def _kv(d):
