@@ -30,6 +30,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.kind = "train_lm"
   c.family = "recurrent"
   c.task = "tbptt_lm"
+  # reset_every=K: zero each lane's carried state every K windows (staggered), so the
+  # model also learns to start from an empty state, as sampling from a prompt does.
+  c.task_config = ml_collections.ConfigDict(dict(reset_every=0))
 
   c.data = ml_collections.ConfigDict()
   c.data.path = base.TINY_SHAKESPEARE

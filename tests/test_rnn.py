@@ -165,6 +165,16 @@ def test_reset_zeroes_the_carry_at_each_pass():
   assert float(metrics["loss"][4]) == pytest.approx(float(metrics["loss"][0]), rel=1e-6)
 
 
+def test_reset_every_staggers_empty_state_windows_over_rows():
+  tokens = np.arange(400, dtype=np.int32)  # 3 lanes of 133 tokens: 33 windows of 4 each
+  resets = next_chunk(consecutive_train_iterator(tokens, 4, 3, reset_every=5), 12)["reset"]
+  # Row b restarts at batches b, b+5, b+10, ... and every row at the pass start (batch 0).
+  expected = [[i == 0 or (i - b) % 5 == 0 for b in range(3)] for i in range(12)]
+  assert resets.tolist() == expected
+  plain = next_chunk(consecutive_train_iterator(tokens, 4, 3), 12)["reset"]
+  assert plain[1:].sum() == 0  # without it: only at the start of a pass
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"cell": "transformer"}, "model.cell"),
     ({"hidden_dim": 0}, "positive"),

@@ -69,15 +69,20 @@ def eval_batches(tokens: np.ndarray, seq_len: int, batch_size: int) -> list[dict
           for i in range(num_batches)]
 
 
-def consecutive_train_dataset(tokens: np.ndarray, seq_len: int, batch_size: int):
+def consecutive_train_dataset(tokens: np.ndarray, seq_len: int, batch_size: int,
+                              reset_every: int = 0):
   """Endless batches for truncated BPTT: row b of batch i+1 continues row b of batch i.
 
   The stream is cut into `batch_size` contiguous lanes; batch i holds window
   i mod (windows per lane) of every lane. `reset` (one flag per row, so every entry
   has a batch axis) is True on each pass's first batch, where the lanes jump back to
-  their starts and a carried state must be zeroed.
+  their starts and a carried state must be zeroed. With `reset_every = K > 0` row b is
+  also reset every K windows, the rows staggered (row b when i = b mod K): the model
+  keeps seeing windows that start from an empty state, as sampling and scoring do.
   """
   tokens = np.asarray(tokens, np.int32)
+  if reset_every < 0:
+    raise UserError(f"reset_every must be >= 0, got {reset_every}")
   lane_len = (len(tokens) - 1) // batch_size
   windows = lane_len // seq_len
   if windows < 1:
@@ -85,16 +90,20 @@ def consecutive_train_dataset(tokens: np.ndarray, seq_len: int, batch_size: int)
                     f"seq_len + 1 = {batch_size * seq_len + 1} for consecutive windows; use a "
                     f"longer corpus or a smaller data.batch_size or data.seq_len")
   index_BT = (np.arange(batch_size) * lane_len)[:, None] + np.arange(seq_len + 1)[None, :]
+  rows = np.arange(batch_size)
 
   def batch(i):
     w = i % windows
     chunk = tokens[index_BT + w * seq_len]
     reset = np.full(batch_size, w == 0)
+    if reset_every:
+      reset |= (i - rows) % reset_every == 0
     return {"inputs": chunk[:, :-1], "targets": chunk[:, 1:], "reset": reset}
 
   return grain.MapDataset.range(_ENDLESS).map(batch)
 
 
-def consecutive_train_iterator(tokens, seq_len: int, batch_size: int):
+def consecutive_train_iterator(tokens, seq_len: int, batch_size: int, reset_every: int = 0):
   """A checkpointable iterator over `consecutive_train_dataset`."""
-  return iter(consecutive_train_dataset(tokens, seq_len, batch_size).to_iter_dataset())
+  return iter(consecutive_train_dataset(tokens, seq_len, batch_size, reset_every)
+              .to_iter_dataset())

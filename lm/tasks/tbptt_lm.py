@@ -18,7 +18,15 @@ from lm.train.task import Task
 
 @dataclasses.dataclass(frozen=True)
 class TBPTTConfig:
-  """No knobs beyond `data.*`: data.seq_len is the truncation length."""
+  """data.seq_len is the truncation length. `reset_every = K > 0` zeroes each batch row's
+  carried state every K windows (rows staggered), besides at each pass's start: without
+  it the state is almost never zero in training, and sampling or scoring from an empty
+  state (a prompt, a 64-token window) meets a state the model has barely seen."""
+  reset_every: int = 0
+
+  def __post_init__(self):
+    if self.reset_every < 0:
+      raise UserError(f"task_config.reset_every must be >= 0, got {self.reset_every}")
 
 
 def state_factory(config):
@@ -40,7 +48,8 @@ def build(config, workdir: str):
   d = config.data
   task = Task(
       tokenizer=tokenizer,
-      train_iter=consecutive_train_iterator(train_ids, d.seq_len, d.batch_size),
+      train_iter=consecutive_train_iterator(train_ids, d.seq_len, d.batch_size,
+                                            config.task_config.reset_every),
       eval_batches=eval_batches(val_ids, d.seq_len, d.eval_batch_size),
       tokens_per_step=d.batch_size * d.seq_len,
       make_loss=tbptt_loss,
