@@ -37,7 +37,8 @@ def _backbone_config(init_from: str, family: str) -> dict:
   if family not in SEQ_LEN:
     raise ValueError(f"family={family!r}; choose one of {sorted(SEQ_LEN)}")
   from configs import bert_shakespeare, shakespeare_char
-  return (shakespeare_char.recipe() if family == "gpt" else bert_shakespeare.get_config()).to_dict()
+  config = shakespeare_char.recipe() if family == "gpt" else bert_shakespeare.get_config()
+  return config.to_dict()
 
 
 def adapted(pretrained: dict, method: str, init_from: str, steps: int, smoke: bool,

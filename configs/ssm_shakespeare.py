@@ -9,8 +9,8 @@ configs/shakespeare_char.py, so the two rows of the lecture table compare direct
 Run:
   python -m experiments.run --config=configs/ssm_shakespeare.py --workdir=/tmp/ssm
 Expected (measured, docs/multimodal.md, 2-core CPU, shared): val_loss 1.782 after 2000
-steps (64-token windows; the Transformer with the same AdamW beta1 0.9: 1.912); decoding keeps 8 KB of state per
-sequence whatever the context
+steps (64-token windows; the Transformer with the same AdamW beta1 0.9: 1.912); decoding
+keeps 8 KB of state per sequence whatever the context
 (python -m experiments.bench_ssm --ssm_workdir=/tmp/ssm).
 Sample from it like any run:
   python -m experiments.run --workdir=/tmp/ssm --mode=sample --prompt="ROMEO:"

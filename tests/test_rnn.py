@@ -173,6 +173,10 @@ def test_reset_every_staggers_empty_state_windows_over_rows():
   assert resets.tolist() == expected
   plain = next_chunk(consecutive_train_iterator(tokens, 4, 3), 12)["reset"]
   assert plain[1:].sum() == 0  # without it: only at the start of a pass
+  from lm.errors import UserError
+  from lm.tasks.tbptt_lm import TBPTTConfig
+  with pytest.raises(UserError, match="task_config.reset_every"):
+    TBPTTConfig(reset_every=-1)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -81,8 +81,6 @@ def consecutive_train_dataset(tokens: np.ndarray, seq_len: int, batch_size: int,
   keeps seeing windows that start from an empty state, as sampling and scoring do.
   """
   tokens = np.asarray(tokens, np.int32)
-  if reset_every < 0:
-    raise UserError(f"reset_every must be >= 0, got {reset_every}")
   lane_len = (len(tokens) - 1) // batch_size
   windows = lane_len // seq_len
   if windows < 1:
