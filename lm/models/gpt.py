@@ -168,7 +168,8 @@ class GPTConfig(PEFTFields):  # + LoRA / adapter / prefix / prompt fields (lm/la
         num_heads=self.num_heads, head_dim=self.mla_head_dim or self.head_dim,
         kv_rank=self.mla_kv_rank,
         q_rank=self.mla_q_rank, rope_dim=self.mla_rope_dim, rope_base=self.rope_base,
-        rope_scaling=self.rope_scaling_config(), dropout=self.dropout, matmul_dtype=self.matmul_dtype,
+        rope_scaling=self.rope_scaling_config(), dropout=self.dropout,
+        matmul_dtype=self.matmul_dtype,
         num_layers_for_init=self.num_layers)
 
   def rope_scaling_config(self) -> RopeScaling | None:
