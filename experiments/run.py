@@ -137,6 +137,11 @@ def _main(argv):
   workdir = _WORKDIR.value
   if _MODE.value == "train":
     values = _config_values()
+    if not _JOINED_MULTI_PROCESS:  # one process: JAX may start with several CPU devices
+      from lm.sharding import start_cpu_devices
+      note = start_cpu_devices(values.get("sharding", {}).get("cpu_devices", 0))
+      if note:
+        print(f"note: {note}", file=sys.stderr)
     from lm.workdir import ensure_writable
     ensure_writable(workdir)
     module = _experiment(values.get("kind", "train_lm"))

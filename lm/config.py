@@ -122,10 +122,15 @@ class ShardingConfig:
   expert: int = 1
   rules: str = "dp"  # preset: dp | fsdp | fsdp_tp | fsdp_ep
   overrides: str = ""  # e.g. "embed=fsdp;mlp=tensor;vocab=" (empty right side: replicate)
+  # > 0: the runner starts JAX with this many CPU devices (jax_num_cpu_devices), e.g. one
+  # per core so a CPU run is data-parallel across cores; 0: as JAX starts by itself.
+  cpu_devices: int = 0
 
   def __post_init__(self):
     from lm.sharding import make_rules
     make_rules(self.rules, self.overrides)  # raises on unknown presets, names and axes
+    if self.cpu_devices < 0:
+      raise ValueError(f"sharding.cpu_devices={self.cpu_devices} must be >= 0")
 
   @property
   def mesh(self):

@@ -198,3 +198,21 @@ def batch_sharding(rules, mesh: Mesh, leading_dims: int = 0) -> NamedSharding:
 
 def data_parallel_size(rules, mesh: Mesh) -> int:
   return math.prod(mesh.shape[a] for a in rules.get("batch", ()))
+
+
+def start_cpu_devices(count: int) -> str | None:
+  """Starts JAX with `count` CPU devices (config.sharding.cpu_devices); 0 leaves it alone.
+
+  Only possible before JAX's first computation: a process (a test, a notebook) that has
+  already started keeps its devices; the returned note says so (None when applied).
+  """
+  if count <= 0:
+    return None
+  from jax._src import xla_bridge
+  if xla_bridge.backends_are_initialized():
+    have = len(jax.devices("cpu"))
+    return None if have == count else (
+        f"sharding.cpu_devices={count} not applied: JAX is already running with {have} "
+        f"CPU device(s)")
+  jax.config.update("jax_num_cpu_devices", count)
+  return None

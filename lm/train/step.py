@@ -40,14 +40,19 @@ def accumulated_grads(loss_fn, params, batch, rng, microbatches: int):
   return grads, jax.tree.map(lambda m: m.mean(axis=0), metrics)
 
 
-def train_step(state: TrainState, batch, base_rng, *, loss_fn, tx: optax.GradientTransformation,
-               microbatches: int = 1):
-  rng = jax.random.fold_in(base_rng, state.step)
-  grads, metrics = accumulated_grads(loss_fn, state.params, batch, rng, microbatches)
+def apply_grads(state: TrainState, grads, metrics: dict, tx: optax.GradientTransformation):
+  """One optimizer update; adds the gradient norm to the metrics."""
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(metrics, grad_norm=optax.global_norm(grads))
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def train_step(state: TrainState, batch, base_rng, *, loss_fn, tx: optax.GradientTransformation,
+               microbatches: int = 1):
+  rng = jax.random.fold_in(base_rng, state.step)
+  grads, metrics = accumulated_grads(loss_fn, state.params, batch, rng, microbatches)
+  return apply_grads(state, grads, metrics, tx)
 
 
 def make_multi_step(loss_fn, tx, state_shardings=None, microbatches: int = 1):

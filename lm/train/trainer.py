@@ -21,7 +21,7 @@ from lm.data.pipeline import next_chunk
 from lm.errors import UserError
 from lm.models.registry import build_model
 from lm.tasks import build_task
-from lm.train import mfu
+from lm.train import data_parallel, mfu
 from lm.train.checkpoint import Checkpointer
 from lm.train.ema import find_ema
 from lm.train.layout import Layout
@@ -145,10 +145,14 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
   # overwrites the description of the checkpoints already in the workdir.
   _save_run_files(workdir, config, task)
 
-  if task.make_multi_step is None:
-    multi_step = make_multi_step(loss_fn, tx, state_shardings, accum)
-  else:
+  dp_axes = data_parallel.replicated_batch_axes(layout, state_shardings)
+  if task.make_multi_step is not None:
     multi_step = task.make_multi_step(loss_fn, tx)
+  elif dp_axes:  # params whole on every device: one all-reduce per step (data_parallel.py)
+    multi_step = data_parallel.make_multi_step(loss_fn, tx, layout.mesh, dp_axes,
+                                               task.eval_weights, accum)
+  else:
+    multi_step = make_multi_step(loss_fn, tx, state_shardings, accum)
   eval_step = make_eval_step(loss_fn, task.eval_weights)
   val_batches = [layout.put_batch(b) for b in task.eval_batches]
 
@@ -244,6 +248,7 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
       "mfu": meter.tokens_per_sec * flops_per_token / peak if meter.steps else None,
       "tokens_per_sec": meter.tokens_per_sec if meter.steps else None,
       "compile_time_s": meter.compile_seconds, "wall_time_s": time.time() - start_time,
+      "devices": jax.device_count(),
       "tokenizer": task.tokenizer.kind, "vocab_size": task.tokenizer.vocab_size,
   }
   if task.sample is not None:
