@@ -1,34 +1,44 @@
-"""Training throughput of the real train loop, with the PyTorch reference in the same run.
+"""Training throughput of the real train step, with the PyTorch reference in the same run.
 
   python -m experiments.bench_train            # default + larger config
-  python -m experiments.bench_train --steps=50 --configs=default
+  python -m experiments.bench_train --steps=100 --configs=default --rounds=5
 
 For each model size it times the trainer's own pieces (grain batches -> scanned,
-donated, jitted train step) for f32 and bf16-operand matmuls, and, when torch is
-installed (`pip install torch==2.13.0`), the same model and optimizer in PyTorch.
-It prints tokens/s, ms/step, compile time and the ratio to PyTorch measured here.
+donated, jitted train step): on one device in f32 and with bf16 matmul operands, and
+data-parallel over `--cpu_devices` CPU devices (lm/train/data_parallel.py, what the
+default config runs). When torch is installed (`pip install torch==2.13.0`) it also
+times the same model and optimizer in PyTorch, in f32 and under bf16 autocast.
+The implementations take turns for `--rounds` rounds, so a slow spell on a shared
+machine hits all of them; each line reports the median round, and the ratio to the
+PyTorch f32 median measured in the same run.
 """
 
 import importlib.util
 import json
+import statistics
 import time
 
 import flax.linen as nn
 import jax
 import numpy as np
 from absl import app, flags
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lm.config import OptimConfig
 from lm.data.pipeline import next_chunk, train_iterator
 from lm.models.gpt import GPT, GPTConfig
 from lm.objectives import causal_lm_loss
 from lm.tasks.causal_lm import init_params
+from lm.train import data_parallel
 from lm.train.optimizer import make_optimizer
 from lm.train.state import create_train_state
 from lm.train.step import make_multi_step
 
-_STEPS = flags.DEFINE_integer("steps", 100, "Timed optimizer steps per measurement.")
+_STEPS = flags.DEFINE_integer("steps", 100, "Timed optimizer steps per round (large: / 10).")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Rounds; each implementation runs once per round.")
 _CONFIGS = flags.DEFINE_list("configs", ["default", "large"], "Which sizes to run.")
+_CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 2, "CPU devices for the data-parallel rows "
+                                    "(the default config's sharding.cpu_devices).")
 _TORCH = flags.DEFINE_bool("torch", True, "Also measure the PyTorch reference if installed.")
 
 SIZES = {
@@ -37,9 +47,11 @@ SIZES = {
     "large": dict(num_layers=6, num_heads=6, embed_dim=384, seq_len=256, batch_size=8),
 }
 VOCAB = 65  # tiny Shakespeare's characters
+STEPS_PER_CALL = 10  # the trainer's scan length between logs
 
 
-def measure_jax(size: dict, matmul_dtype: str, steps: int, steps_per_call: int = 10) -> dict:
+def jax_runner(size: dict, matmul_dtype: str, devices: int):
+  """A compiled trainer on `devices` CPU devices (1: the plain step); `run(steps)` -> seconds."""
   model_cfg = GPTConfig(vocab_size=VOCAB, num_layers=size["num_layers"],
                         num_heads=size["num_heads"], embed_dim=size["embed_dim"],
                         mlp_dim=4 * size["embed_dim"], max_len=size["seq_len"],
@@ -47,59 +59,70 @@ def measure_jax(size: dict, matmul_dtype: str, steps: int, steps_per_call: int =
   model = GPT(model_cfg)
   tx = make_optimizer(OptimConfig(), num_steps=10_000)
   state = create_train_state(nn.meta.unbox(init_params(model, size["seq_len"], seed=0)), tx)
-  multi_step = make_multi_step(causal_lm_loss(model), tx)
+  loss_fn = causal_lm_loss(model)
+  if devices == 1:
+    multi_step, put = make_multi_step(loss_fn, tx), lambda chunk: chunk
+  else:
+    mesh = Mesh(np.asarray(jax.devices("cpu")[:devices]), ("data",))
+    multi_step = data_parallel.make_multi_step(loss_fn, tx, mesh, ("data",))
+    state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+    rows = NamedSharding(mesh, PartitionSpec(None, "data"))
+    put = lambda chunk: {k: jax.device_put(v, rows) for k, v in chunk.items()}  # noqa: E731
   tokens = np.random.default_rng(0).integers(0, VOCAB, 200_000).astype(np.int32)
   data = train_iterator(tokens, size["seq_len"], size["batch_size"], seed=0)
   rng = jax.random.key(0)
+  box = {"state": state}
 
-  start = time.perf_counter()
-  state, m = multi_step(state, next_chunk(data, steps_per_call), rng)
-  np.asarray(m["loss"])
-  compile_s = time.perf_counter() - start
-  calls = max(1, steps // steps_per_call)
-  start = time.perf_counter()
-  for _ in range(calls):
-    state, m = multi_step(state, next_chunk(data, steps_per_call), rng)
-    np.asarray(m["loss"])  # the trainer syncs on the losses each call too
-  seconds = time.perf_counter() - start
-  n = calls * steps_per_call
-  params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
-  return {"ms_per_step": 1e3 * seconds / n,
-          "tokens_per_sec": n * size["batch_size"] * size["seq_len"] / seconds,
-          "compile_s": compile_s, "params": params}
+  def run(steps):
+    start = time.perf_counter()
+    for _ in range(max(1, steps // STEPS_PER_CALL)):
+      box["state"], m = multi_step(box["state"], put(next_chunk(data, STEPS_PER_CALL)), rng)
+      np.asarray(m["loss"])  # the trainer syncs on the losses each call too
+    return time.perf_counter() - start
+
+  run.compile_s = run(STEPS_PER_CALL)
+  run.params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+  return run
 
 
-def measure_torch(size: dict, steps: int) -> dict | None:
-  if importlib.util.find_spec("torch") is None:
-    return None
+def torch_runners(size: dict) -> dict:
+  if not _TORCH.value or importlib.util.find_spec("torch") is None:
+    return {}
   from experiments import torch_reference
-  return torch_reference.measure(vocab_size=VOCAB, num_layers=size["num_layers"],
-                                 num_heads=size["num_heads"], embed_dim=size["embed_dim"],
-                                 seq_len=size["seq_len"], batch_size=size["batch_size"],
-                                 steps=steps, warmup=5)
+  kw = dict(vocab_size=VOCAB, **size, warmup=5)
+  return {"torch f32": torch_reference.make_runner(**kw),
+          "torch bf16 autocast": torch_reference.make_runner(**kw, autocast_bf16=True)}
 
 
 def main(argv):
   del argv
+  jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
   print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, "
-        f"{len(jax.devices())} device(s)")
+        f"{len(jax.devices())} device(s); median of {_ROUNDS.value} interleaved rounds")
   for name in _CONFIGS.value:
     size = SIZES[name]
-    steps = _STEPS.value if name == "default" else max(10, _STEPS.value // 10)
-    results = {"f32": measure_jax(size, "float32", steps),
-               "bf16_matmul": measure_jax(size, "bfloat16", steps)}
-    ref = measure_torch(size, steps) if _TORCH.value else None
-    for label, r in results.items():
-      line = {"config": name, "impl": f"jax {label}", **{k: round(v, 3) if isinstance(v, float)
-                                                           else v for k, v in r.items()}}
+    steps = _STEPS.value if name == "default" else max(STEPS_PER_CALL, _STEPS.value // 10)
+    n = _CPU_DEVICES.value
+    runners = {"jax f32": jax_runner(size, "float32", 1),
+               "jax bf16 matmul": jax_runner(size, "bfloat16", 1),
+               f"jax f32, {n}-device data parallel": jax_runner(size, "float32", n),
+               f"jax bf16 matmul, {n}-device data parallel": jax_runner(size, "bfloat16", n),
+               **torch_runners(size)}
+    seconds = {label: [] for label in runners}
+    for _ in range(_ROUNDS.value):
+      for label, run in runners.items():
+        seconds[label].append(run(steps) / steps)
+    ref = statistics.median(seconds["torch f32"]) if "torch f32" in seconds else None
+    for label, per_step in seconds.items():
+      s = statistics.median(per_step)
+      line = {"config": name, "impl": label, "ms_per_step": round(1e3 * s, 2),
+              "tokens_per_sec": round(size["batch_size"] * size["seq_len"] / s),
+              "rounds_ms": [round(1e3 * x, 1) for x in per_step]}
+      if hasattr(runners[label], "compile_s"):
+        line["compile_s"] = round(runners[label].compile_s, 2)
       if ref:
-        line["speedup_vs_torch"] = round(r["tokens_per_sec"] / ref["tokens_per_sec"], 2)
-      print(json.dumps(line))
-    if ref:
-      print(json.dumps({"config": name, "impl": f"torch {ref['torch_version']}",
-                        "ms_per_step": round(ref["ms_per_step"], 3),
-                        "tokens_per_sec": round(ref["tokens_per_sec"], 1),
-                        "params": ref["params"]}))
+        line["vs_torch_f32"] = round(ref / s, 2)
+      print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":

@@ -83,10 +83,14 @@ def lr_at(step, lr, min_lr, warmup_steps, decay_steps):
   return min_lr + 0.5 * (1.0 + math.cos(math.pi * frac)) * (lr - min_lr)
 
 
-def train_step(model, opt, x, y):
-  """Forward, cross-entropy, backward, clip at 1.0, AdamW step, zero_grad."""
-  logits = model(x)
-  loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+def train_step(model, opt, x, y, autocast_bf16=False):
+  """Forward, cross-entropy, backward, clip at 1.0, AdamW step, zero_grad.
+
+  autocast_bf16 runs the forward (and so the matmuls of the backward) under CPU autocast.
+  """
+  with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast_bf16):
+    logits = model(x)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
   loss.backward()
   torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
   opt.step()
@@ -94,28 +98,42 @@ def train_step(model, opt, x, y):
   return loss
 
 
-def measure(*, vocab_size=65, num_layers=4, num_heads=4, embed_dim=128, seq_len=64,
-            batch_size=12, steps=60, warmup=10, threads=None, seed=0):
-  """Times `steps` full training steps (after `warmup` untimed ones) on random tokens."""
+def make_runner(*, vocab_size=65, num_layers=4, num_heads=4, embed_dim=128, seq_len=64,
+                batch_size=12, warmup=10, threads=None, seed=0, autocast_bf16=False):
+  """A warmed-up trainer: `run(steps)` trains that many steps on random tokens and
+  returns the seconds they took (so a benchmark can interleave it with others)."""
   if threads:
     torch.set_num_threads(threads)
   torch.manual_seed(seed)
   model = GPT(vocab_size, num_layers, num_heads, embed_dim, seq_len)
   opt = make_optimizer(model, lr=1e-3)
-  n = warmup + steps
-  data = torch.randint(0, vocab_size, (n, batch_size, seq_len + 1))
   model.train()
-  for i in range(n):
-    if i == warmup:
-      start = time.perf_counter()
-    for g in opt.param_groups:
-      g["lr"] = lr_at(i, 1e-3, 1e-4, warmup_steps=max(1, n // 10), decay_steps=n)
-    train_step(model, opt, data[i, :, :-1], data[i, :, 1:])
-  elapsed = time.perf_counter() - start
+  done = 0
+
+  def run(steps):
+    nonlocal done
+    data = torch.randint(0, vocab_size, (steps, batch_size, seq_len + 1))
+    start = time.perf_counter()
+    for i in range(steps):
+      for g in opt.param_groups:
+        g["lr"] = lr_at(done + i, 1e-3, 1e-4, warmup_steps=100, decay_steps=10_000)
+      train_step(model, opt, data[i, :, :-1], data[i, :, 1:], autocast_bf16)
+    done += steps
+    return time.perf_counter() - start
+
+  run(warmup)
+  run.params = sum(p.numel() for p in model.parameters())
+  return run
+
+
+def measure(*, steps=60, batch_size=12, seq_len=64, **kwargs):
+  """Times `steps` full training steps (after the warmup ones) on random tokens."""
+  run = make_runner(batch_size=batch_size, seq_len=seq_len, **kwargs)
+  elapsed = run(steps)
   return {"ms_per_step": 1000.0 * elapsed / steps,
           "tokens_per_sec": steps * batch_size * seq_len / elapsed,
-          "params": sum(p.numel() for p in model.parameters()),
-          "torch_version": torch.__version__, "threads": torch.get_num_threads()}
+          "params": run.params, "torch_version": torch.__version__,
+          "threads": torch.get_num_threads()}
 
 
 def train_shakespeare(text_path, *, steps=2000, num_layers=4, num_heads=4, embed_dim=128,

@@ -265,6 +265,13 @@ def test_train_writes_every_run_file(trained):
   assert "summary written to" in trained["proc"].stdout
 
 
+def test_default_config_runs_data_parallel_on_two_cpu_devices(trained):
+  # The default config sets sharding.cpu_devices=2: the runner starts JAX with two CPU
+  # devices (the subprocess has no device-count flag of its own) and the batch is split.
+  summary = json.loads((trained["workdir"] / "summary.json").read_text())
+  assert summary["devices"] == 2
+
+
 def test_metrics_jsonl(trained):
   records = read_metrics(trained["workdir"])
   steps = [r["step"] for r in records]
