@@ -22,14 +22,14 @@ import flax.linen as nn
 import jax
 import numpy as np
 from absl import app, flags
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lm.config import OptimConfig
+from lm.config import OptimConfig, ShardingConfig
 from lm.data.pipeline import next_chunk, train_iterator
 from lm.models.gpt import GPT, GPTConfig
 from lm.objectives import causal_lm_loss
 from lm.tasks.causal_lm import init_params
 from lm.train import data_parallel
+from lm.train.layout import Layout
 from lm.train.optimizer import make_optimizer
 from lm.train.state import create_train_state
 from lm.train.step import make_multi_step
@@ -62,12 +62,12 @@ def jax_runner(size: dict, matmul_dtype: str, devices: int):
   loss_fn = causal_lm_loss(model)
   if devices == 1:
     multi_step, put = make_multi_step(loss_fn, tx), lambda chunk: chunk
-  else:
-    mesh = Mesh(np.asarray(jax.devices("cpu")[:devices]), ("data",))
-    multi_step = data_parallel.make_multi_step(loss_fn, tx, mesh, ("data",))
-    state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
-    rows = NamedSharding(mesh, PartitionSpec(None, "data"))
-    put = lambda chunk: {k: jax.device_put(v, rows) for k, v in chunk.items()}  # noqa: E731
+  else:  # as the trainer places it (lm/train/layout.py)
+    layout = Layout.from_config(ShardingConfig(rules="dp"), jax.devices("cpu")[:devices])
+    multi_step = data_parallel.make_multi_step(loss_fn, tx, layout.mesh,
+                                               tuple(layout.rules["batch"]))
+    state = jax.device_put(state, layout.replicated)
+    put = lambda chunk: layout.put_batch(chunk, leading_dims=1)  # noqa: E731
   tokens = np.random.default_rng(0).integers(0, VOCAB, 200_000).astype(np.int32)
   data = train_iterator(tokens, size["seq_len"], size["batch_size"], seed=0)
   rng = jax.random.key(0)

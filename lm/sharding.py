@@ -208,11 +208,11 @@ def start_cpu_devices(count: int) -> str | None:
   """
   if count <= 0:
     return None
-  from jax._src import xla_bridge
-  if xla_bridge.backends_are_initialized():
+  try:
+    jax.config.update("jax_num_cpu_devices", count)
+    return None
+  except RuntimeError:  # JAX's backends are up already
     have = len(jax.devices("cpu"))
     return None if have == count else (
         f"sharding.cpu_devices={count} not applied: JAX is already running with {have} "
         f"CPU device(s)")
-  jax.config.update("jax_num_cpu_devices", count)
-  return None
