@@ -30,7 +30,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from lm import config as config_lib
 from lm import workdir as workdir_lib
@@ -43,7 +42,8 @@ from lm.tasks.sft import greedy_addition_metrics, response_budget
 from lm.train.checkpoint import Checkpointer
 from lm.train.metrics import MetricsWriter, write_json
 from lm.train.optimizer import make_optimizer
-from lm.train.state import TrainState, create_train_state
+from lm.train.state import create_train_state
+from lm.train.step import apply_grads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,10 +133,7 @@ def make_update(model, tx, c: GRPOConfig, prompt_len: int):
   def update(state, tokens_BN, old_logp_BT, ref_logp_BT, adv_B, mask_BT):
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, tokens_BN, old_logp_BT, ref_logp_BT, adv_B, mask_BT)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return apply_grads(state, grads, dict(metrics, loss=loss), tx)
 
   @jax.jit
   def completion_logprobs(params, tokens_BN):

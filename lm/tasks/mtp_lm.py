@@ -14,15 +14,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import traverse_util
 
 from lm.errors import UserError
 from lm.objectives_mtp import gpt_params, init_mtp_params, mtp_lm_loss
 from lm.sampling import generate
 from lm.tasks import causal_lm
-from lm.train.state import TrainState
-from lm.train.step import accumulated_grads
+from lm.train.step import accumulated_grads, apply_grads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,13 +60,11 @@ def make_balancing_multi_step(rate: float, microbatches: int = 1):
       rng = jax.random.fold_in(base_rng, state.step)
       grads, metrics = accumulated_grads(functools.partial(loss_fn, with_loads=True),
                                          state.params, batch, rng, microbatches)
-      updates, opt_state = tx.update(grads, state.opt_state, state.params)
-      params = optax.apply_updates(state.params, updates)
       loads = metrics.pop("balance_loads", {})
-      if rate > 0:
-        params = update_balance_bias(params, loads, rate)
-      metrics = dict(metrics, grad_norm=optax.global_norm(grads))
-      return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+      state, metrics = apply_grads(state, grads, metrics, tx)
+      if rate > 0:  # after the optimizer, outside the gradient
+        state = state.replace(params=update_balance_bias(state.params, loads, rate))
+      return state, metrics
 
     def multi_step(state, batches_K, base_rng):
       return jax.lax.scan(lambda s, b: step(s, b, base_rng), state, batches_K)

@@ -22,9 +22,7 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import PartitionSpec
 
 from lm import sharding
-from lm.train.step import accumulated_grads, apply_grads
-
-DEFAULT_COUNT = "num_tokens"
+from lm.train.step import DEFAULT_COUNT, accumulated_grads, apply_grads, count_names
 
 
 def replicated_batch_axes(layout, state_shardings) -> tuple[str, ...] | None:
@@ -41,7 +39,7 @@ def replicated_batch_axes(layout, state_shardings) -> tuple[str, ...] | None:
 
 def _all_reduce(grads, metrics: dict, axes, weights: dict):
   """Count-weighted means of the gradients and metrics over the devices; counts are summed."""
-  counts = set(weights.values()) | {DEFAULT_COUNT}
+  counts = count_names(weights)
 
   def weight_of(name):
     count = weights.get(name, DEFAULT_COUNT)

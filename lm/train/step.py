@@ -71,6 +71,14 @@ def make_multi_step(loss_fn, tx, state_shardings=None, microbatches: int = 1):
   return jax.jit(multi_step, donate_argnums=(0,), out_shardings=out_shardings)
 
 
+DEFAULT_COUNT = "num_tokens"  # what a loss's metrics are means over, unless a task says
+
+
+def count_names(weights: dict) -> set[str]:
+  """The metrics that are counts (summed, never averaged), given metric -> count name."""
+  return set(weights.values()) | {DEFAULT_COUNT}
+
+
 def make_eval_step(loss_fn, weights: dict | None = None):
   """Per-metric (weighted sum, weight) on one batch; padding has weight 0.
 
@@ -82,11 +90,11 @@ def make_eval_step(loss_fn, weights: dict | None = None):
   @jax.jit
   def eval_step(params, batch):
     _, metrics = loss_fn(params, batch, jax.random.key(0), deterministic=True)
-    counts = set(weights.values()) | {"num_tokens"}
+    counts = count_names(weights)
     out = {}
     for name, value in metrics.items():
       if name not in counts:
-        weight = metrics[weights.get(name, "num_tokens")]
+        weight = metrics[weights.get(name, DEFAULT_COUNT)]
         out[name] = (value * weight, weight)
     return out
 
