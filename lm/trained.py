@@ -81,17 +81,6 @@ def load(workdir: str) -> Trained:
 
 # ---------------------------------------------------------------------------- shared pieces
 
-def _first_token_prior(workdir: str, vocab_size: int) -> tuple[np.ndarray, str]:
-  path = os.path.join(workdir, workdir_lib.TOKEN_PRIOR)
-  if not os.path.exists(path):  # e.g. a GRPO run: the first token gets 1 / V
-    return np.full(vocab_size, -np.log(vocab_size)), "uniform prior"
-  with open(path) as f:
-    prior = np.asarray(json.load(f), np.float64)
-  if np.allclose(prior, -np.log(vocab_size)):
-    return prior, "uniform prior"
-  return prior, "unigram prior of the training split"
-
-
 def _token_texts(tokenizer, ids) -> list[str]:
   return [tokenizer.decode([int(i)]) for i in ids]
 
@@ -105,42 +94,22 @@ def _encode_nonempty(tokenizer, text: str, what: str) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- decoders
 
-@dataclasses.dataclass
-class _Decoder:
-  config: config_lib.ExperimentConfig
-  model: object
-  params: object
-  tokenizer: object
-  step: int
-
-
-def _load_decoder(workdir: str, config_path: str) -> _Decoder:
-  from lm.objectives_mtp import gpt_params
-  config = config_lib.load_json(config_path)
-  params, step = workdir_lib.restore_params(workdir)
-  tokenizer = load_tokenizer(os.path.join(workdir, workdir_lib.TOKENIZER))
-  # gpt_params drops the MTP modules: training-only heads, sampling uses the main head.
-  return _Decoder(config, build_model(config.family, config.model), gpt_params(params),
-                  tokenizer, step)
-
-
-def _decoder_score(workdir: str, d: _Decoder):
+def _decoder_score(d: workdir_lib.TrainedModel):
   from lm.scoring import token_logprobs
-  prior, prior_name = _first_token_prior(workdir, d.tokenizer.vocab_size)
 
   def score(text: str, prompt: str | None) -> Scored:
     ids = _encode_nonempty(d.tokenizer, text, "--text")
     context = d.tokenizer.encode(prompt) if prompt else np.zeros(0, np.int32)
     full = np.concatenate([context, ids]).astype(np.int32)
-    logps = token_logprobs(d.model, d.params, full, prior)[len(context):]
-    notes = {} if len(context) else {0: f"first token: {prior_name}"}
+    logps = token_logprobs(d.model, d.params, full, d.token_prior)[len(context):]
+    notes = {} if len(context) else {0: f"first token: {d.prior_name}"}
     return Scored(ids.tolist(), _token_texts(d.tokenizer, ids), logps, notes,
                   given="prompt" if len(context) else "")
 
   return score
 
 
-def _decoder_generate(d: _Decoder, stop_at: str | None = None):
+def _decoder_generate(d: workdir_lib.TrainedModel, stop_at: str | None = None):
   from lm.sampling import generate as generate_ids
 
   def generate(prompt: str, k: Knobs) -> list[str]:
@@ -157,9 +126,9 @@ def _decoder_generate(d: _Decoder, stop_at: str | None = None):
 
 
 def _decoder(workdir: str) -> Trained:
-  d = _load_decoder(workdir, os.path.join(workdir, workdir_lib.CONFIG))
+  d = workdir_lib.load_trained(workdir, tasks=None)
   return Trained(f"{d.config.task} run ({d.config.family}, step {d.step})", d.config.sample,
-                 _decoder_generate(d), _decoder_score(workdir, d))
+                 _decoder_generate(d), _decoder_score(d))
 
 
 _SUM = re.compile(r"^\s*(\d+)\s*\+\s*(\d+)\s*=?\s*$")
@@ -177,12 +146,12 @@ def _addition(workdir: str) -> Trained:
   from lm.data import addition
   from lm.post_training.policy import model_config_path
   from lm.tasks.sft import response_budget
-  d = _load_decoder(workdir, model_config_path(workdir))  # GRPO: policy.json
+  d = workdir_lib.load_trained(workdir, model_config_path(workdir), tasks=None)  # GRPO: policy.json
   digits = getattr(d.config.task_config, "num_digits", 9)  # DPO's config does not say
   defaults = dataclasses.replace(d.config.sample, temperature=0.0,
                                  max_new_tokens=response_budget(digits))
   generate = _decoder_generate(d, stop_at=addition.EOS)
-  score = _decoder_score(workdir, d)
+  score = _decoder_score(d)
   return Trained(f"{d.config.task} run ({d.config.family}, step {d.step})", defaults,
                  lambda prompt, k: generate(_addition_prompt(prompt), k),
                  lambda text, prompt: score(text, _addition_prompt(prompt)))

@@ -4,8 +4,9 @@ WORKDIR/config.json       the resolved ExperimentConfig (vocab size filled in)
 WORKDIR/tokenizer.json    the tokenizer, so resumes and sampling use the same vocab
 WORKDIR/token_prior.json  unigram log-probs of the training split (scores the first token)
 
-`load_trained` serves code that needs a causal LM's model and params; `--mode=sample/score`
-load every kind of workdir through lm/trained.py.
+`load_trained` gives a decoder run's model and params to everything that uses one
+(sampling, scoring, post-training, teachers, in-context learning); `--mode=sample/score`
+reach every kind of workdir through lm/trained.py.
 """
 
 import dataclasses
@@ -55,7 +56,8 @@ class TrainedModel:
   model: object
   params: object
   tokenizer: object
-  token_prior: np.ndarray
+  token_prior: np.ndarray  # log-probs that score a text's first token
+  prior_name: str          # what token_prior is, for printing
   step: int
 
 
@@ -75,23 +77,52 @@ def restore_params(workdir: str, expected=None):
     checkpointer.close()
 
 
-def load_trained(workdir: str) -> TrainedModel:
-  """Config, tokenizer and the latest checkpoint's params of a causal LM run (finished or
-  running)."""
-  # Local imports: lm.tasks.causal_lm imports this module.
-  from lm.tasks.causal_lm import init_params
+CAUSAL_TASKS = ("causal_lm", "tbptt_lm")
 
-  config_path = os.path.join(workdir, CONFIG)
+
+def load_trained(workdir: str, config_path: str | None = None,
+                 tasks: tuple[str, ...] | None = CAUSAL_TASKS,
+                 families: tuple[str, ...] | None = None) -> TrainedModel:
+  """Config, tokenizer and the latest checkpoint's params of a decoder run (finished or
+  running), onto one device, checked against the shapes its config builds.
+
+  Only the params are read, by the checkpoint's own metadata: the optimizer state (whose
+  layout depends on the optimizer options of the code that wrote it) is never needed.
+  `config_path` defaults to WORKDIR/config.json (GRPO keeps its policy's config apart);
+  `tasks` and `families` limit which runs are accepted (None: any). Training-only heads
+  (the MTP modules) are dropped: inference uses the main next-token head. Sampling and
+  scoring, post-training starts, teachers and in-context learning all load through here."""
+  # Local imports: lm.tasks.causal_lm imports this module.
+  from lm.objectives_mtp import gpt_params
+  from lm.tasks.causal_lm import init_params
+  from lm.train.checkpoint import check_param_shapes
+
+  config_path = config_path or os.path.join(workdir, CONFIG)
   if not os.path.exists(config_path):
-    raise UserError(f"{workdir} is not a trained workdir: {CONFIG} is missing")
+    raise UserError(f"{workdir} is not a trained workdir: {os.path.basename(config_path)} "
+                    f"is missing")
   config = config_lib.load_json(config_path)
-  if config.task not in ("causal_lm", "tbptt_lm"):
-    raise UserError(f"{workdir} holds a {config.task!r} run; this needs a causal language "
-                    f"model (causal_lm or tbptt_lm)")
+  if tasks is not None and config.task not in tasks:
+    raise UserError(f"{workdir} holds a {config.task!r} run; this needs a decoder trained "
+                    f"with one of {tasks}")
+  if families is not None and config.family not in families:
+    raise UserError(f"{workdir} holds a {config.family!r} model; this needs one of {families}")
   model = build_model(config.family, config.model)
+  params, step = restore_params(workdir)
+  params = gpt_params(params)
   expected = nn.meta.unbox(jax.eval_shape(lambda: init_params(model, config.data.seq_len, 0)))
-  params, step = restore_params(workdir, expected)
+  check_param_shapes(expected, params, f"{workdir}/checkpoints/{step}")
   tokenizer = load_tokenizer(os.path.join(workdir, TOKENIZER))
-  with open(os.path.join(workdir, TOKEN_PRIOR)) as f:
+  prior, prior_name = _first_token_prior(workdir, tokenizer.vocab_size)
+  return TrainedModel(config, model, params, tokenizer, prior, prior_name, step)
+
+
+def _first_token_prior(workdir: str, vocab_size: int) -> tuple[np.ndarray, str]:
+  path = os.path.join(workdir, TOKEN_PRIOR)
+  if not os.path.exists(path):  # e.g. a GRPO run: the first token gets 1 / V
+    return np.full(vocab_size, -np.log(vocab_size)), "uniform prior"
+  with open(path) as f:
     prior = np.asarray(json.load(f), np.float64)
-  return TrainedModel(config, model, params, tokenizer, prior, step)
+  if np.allclose(prior, -np.log(vocab_size)):
+    return prior, "uniform prior"
+  return prior, "unigram prior of the training split"

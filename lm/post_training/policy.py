@@ -6,31 +6,21 @@ model's ExperimentConfig) next to its own config.json; its checkpoints hold the 
 TrainState layout as a supervised run's, so it can be loaded the same way.
 """
 
-import dataclasses
 import os
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lm import config as config_lib
 from lm import workdir as workdir_lib
-from lm.data.tokenizers import load_tokenizer
 from lm.errors import UserError
-from lm.models.registry import build_model
 from lm.post_training.losses import token_logprobs
 
 POLICY_CONFIG = "policy.json"
 DECODER_TASKS = ("causal_lm", "sft", "distill", "dpo")
 
 
-@dataclasses.dataclass
-class Policy:
-  config: config_lib.ExperimentConfig
-  model: object
-  params: object
-  tokenizer: object
-  step: int
+Policy = workdir_lib.TrainedModel
 
 
 def model_config_path(workdir: str) -> str:
@@ -46,20 +36,10 @@ def init_boxed(model, max_len: int, seed: int):
 
 
 def load_policy(workdir: str) -> Policy:
-  """Config, model, tokenizer and the latest checkpoint's params (on one device).
-
-  Only the parameters are read, by the checkpoint's own metadata: the run's optimizer
-  state (whose layout depends on the optimizer options of the code that wrote it) is not
-  needed to use the model, and the shapes are checked against the model instead."""
-  config = config_lib.load_json(model_config_path(workdir))
-  if config.family != "gpt" or config.task not in DECODER_TASKS:
-    raise UserError(f"{workdir} holds a {config.family}/{config.task} run; post-training needs "
-                    f"a gpt decoder trained with one of {DECODER_TASKS}")
-  model = build_model(config.family, config.model)
-  expected = nn.meta.unbox(jax.eval_shape(lambda: init_boxed(model, config.model.max_len, 0)))
-  params, step = workdir_lib.restore_params(workdir, expected)
-  tokenizer = load_tokenizer(os.path.join(workdir, workdir_lib.TOKENIZER))
-  return Policy(config, model, params, tokenizer, step)
+  """A gpt decoder (any of DECODER_TASKS, or a GRPO run's policy.json) as a policy,
+  teacher or frozen reference."""
+  return workdir_lib.load_trained(workdir, model_config_path(workdir), tasks=DECODER_TASKS,
+                                  families=("gpt",))
 
 
 def boxed_like(model, max_len: int, params, seed: int = 0):

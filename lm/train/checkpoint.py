@@ -274,7 +274,7 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract)))
     params = jax.device_get(restored["state"]["params"])
     if expected is not None:
-      _check_param_shapes(expected, params, f"{self.directory}/{step}")
+      check_param_shapes(expected, params, f"{self.directory}/{step}")
     return params, step
 
   def _try_restore(self, step: int, abstract_state):
@@ -317,7 +317,7 @@ class Checkpointer:
     self._manager.close()
 
 
-def _check_param_shapes(expected, params, where: str):
+def check_param_shapes(expected, params, where: str):
   flat = lambda tree: {jax.tree_util.keystr(k): tuple(v.shape)  # noqa: E731
                        for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
   want, have = flat(expected), flat(params)
