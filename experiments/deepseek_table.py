@@ -9,6 +9,7 @@ summary.json. Rows:
   dense, moe_aux_free, moe_aux, moe_none      equal active MLP params; balancing variants
   moe_aux_free_cf1, moe_aux_cf1               the same two with capacity factor 1.0 (dropping)
   moe_aux_free_g01                            aux-loss-free with gamma = 0.01
+  moe_aux_free_e16, moe_aux_e16               fine-grained: 16 experts of width 86, top-4
   dense_mtp                                   dense + one MTP module (lambda 0.3)
   gqa, mla                                    dense with 2 KV heads / with MLA (d_c 32, R 16)
 Decode tokens/s: `lm.sampling.generate` (jitted KV-cache loop, batch 1, 256 new tokens
@@ -42,6 +43,9 @@ ROWS = {
     # Capacity factor 1.0 (GShard/Switch token dropping): imbalance now costs tokens.
     "moe_aux_free_cf1": ("", {"moe_capacity_factor": 1.0}, {}),
     "moe_aux_cf1": ("balance=aux", {"moe_capacity_factor": 1.0}, {}),
+    # Fine-grained experts (DeepSeekMoE): 16 of width 86, 4 per token, same active params.
+    "moe_aux_free_e16": ("experts=16,top_k=4", {}, {}),
+    "moe_aux_e16": ("balance=aux,experts=16,top_k=4", {}, {}),
     "dense_mtp": ("dense", {}, {"depth": 1, "weight": 0.3}),
     "gqa": ("dense", {"num_kv_heads": 2}, {}),
     "mla": ("dense", {"attention": "mla", "position": "none"}, {}),
@@ -167,11 +171,13 @@ def table(results: dict, steps: int, bias: float) -> str:
                    f"{x['active_params']:,} | {x['total_params']:,} |")
   lines += ["", "| balancing | val loss | final max-violation (mean / worst layer) | "
                 "balance loss |", "| --- | --- | --- | --- |"]
-  for name in ("moe_aux_free", "moe_aux_free_g01", "moe_aux", "moe_none"):
+  labels = {"moe_aux_free": f"aux-free, gamma={bias:g}",
+            "moe_aux_free_g01": "aux-free, gamma=0.01", "moe_aux": "Switch aux loss, alpha=0.01",
+            "moe_none": "none", "moe_aux_free_e16": f"16 experts top-4: aux-free, gamma={bias:g}",
+            "moe_aux_e16": "16 experts top-4: Switch aux loss, alpha=0.01"}
+  for name, label in labels.items():
     if name in r:
       x = r[name]
-      label = {"moe_aux_free": f"aux-free, gamma={bias:g}", "moe_aux_free_g01": "aux-free, gamma=0.01",
-               "moe_aux": "Switch aux loss, alpha=0.01", "moe_none": "none"}[name]
       lines.append(f"| {label} | {_f(x['val_loss'])} | "
                    f"{_f(x['max_violation'])} / {_f(x['max_violation_worst'])} | "
                    f"{_f(x['aux_loss'])} |")
