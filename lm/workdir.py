@@ -61,10 +61,10 @@ class TrainedModel:
   step: int
 
 
-def restore_params(workdir: str, expected=None):
+def restore_params(workdir: str):
   """(params, step) of a workdir's newest intact checkpoint, onto one device whatever mesh
   trained it: the parameters alone, read by the checkpoint's own metadata (so any
-  optimizer-state layout will do), checked against `expected` shapes when given."""
+  optimizer-state layout will do)."""
   from lm.train.checkpoint import Checkpointer  # local: lm.train.trainer imports this module
   checkpointer = Checkpointer(workdir, create=False)
   try:
@@ -72,7 +72,7 @@ def restore_params(workdir: str, expected=None):
       raise UserError(f"no checkpoint in {workdir}/checkpoints: train first, e.g. "
                       f"python -m experiments.run --config=configs/shakespeare_char.py "
                       f"--workdir={workdir}")
-    return checkpointer.restore_params(expected=expected)
+    return checkpointer.restore_params()
   finally:
     checkpointer.close()
 

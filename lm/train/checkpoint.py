@@ -252,14 +252,11 @@ class Checkpointer:
       raise UserError(f"no usable checkpoint in {self.directory}: {'; '.join(failures)}")
     raise UserError(f"no checkpoint found in {self.directory}")
 
-  def restore_params(self, step: int | None = None, expected=None):
+  def restore_params(self, step: int | None = None):
     """(params, step) of `step` (default: the newest intact one) as numpy arrays, without
     knowing the model that wrote them: the saved metadata gives every shape (fine-tuning
     reads a pretrained workdir this way; the optimizer state's layout does not matter).
-
-    `expected`, a tree of the model's parameter shapes (e.g. `jax.eval_shape` of its
-    init), makes a checkpoint of another model shape a UserError naming the first
-    difference."""
+    `check_param_shapes` compares them with a model's."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise UserError(f"no checkpoint found in {self.directory}")
@@ -272,10 +269,7 @@ class Checkpointer:
                             metadata)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract)))
-    params = jax.device_get(restored["state"]["params"])
-    if expected is not None:
-      check_param_shapes(expected, params, f"{self.directory}/{step}")
-    return params, step
+    return jax.device_get(restored["state"]["params"]), step
 
   def _try_restore(self, step: int, abstract_state):
     """(restored, None), or (None, why) when the failure means the step is damaged.
