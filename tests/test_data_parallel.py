@@ -69,7 +69,13 @@ def test_data_parallel_step_equals_one_device_step(one_device):
   np.testing.assert_allclose(metrics["grad_norm"], ref_metrics["grad_norm"], rtol=1e-4)
   np.testing.assert_array_equal(metrics["num_tokens"], ref_metrics["num_tokens"])
   assert metrics["loss"][-1] < metrics["loss"][0]  # it trained
-  for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
+  for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(state.params),
+                               jax.tree.leaves(ref_state.params)):
+    if "key" in jax.tree_util.keystr(path) and "bias" in jax.tree_util.keystr(path):
+      # The key bias adds the same q.b to every logit of a row, which softmax ignores:
+      # its true gradient is 0 and Adam scales the rounding noise of either
+      # summation order up to a step of its own, so there is nothing to compare.
+      continue
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5)
   wi = state.params["block_0"]["mlp"]["wi"]["kernel"]
   assert len(wi.sharding.device_set) == 8 and wi.sharding.is_fully_replicated
