@@ -16,6 +16,8 @@ Args (comma separated):
   balance=NAME      aux_free (default: bias update, gamma=bias_rate) | aux (Switch/GShard
                     loss, alpha=0.01) | seq (sequence-wise loss, alpha=1e-3) | none
   bias_rate=G       gamma of the aux-loss-free update (default 0.001, the paper's)
+  bias_until=F      the bias moves during the first fraction F of the steps, then stays
+                    (default 1; DeepSeek-V3 stops at 14.3T of 14.8T tokens, 0.966)
   experts=E, top_k=K, router=softmax|sigmoid (default sigmoid, DeepSeek-V3), shared=S
   dense             the dense baseline at equal active params (SwiGLU, mlp_dim 344)
 e.g. --config=configs/moe_shakespeare.py:balance=none --config.model.moe_capacity_factor=1.25
@@ -50,19 +52,20 @@ def moe_fields(model: ml_collections.ConfigDict, *, experts=8, top_k=2, expert_d
 
 
 def task_config(balance: str, bias_rate: float = 0.001, depth: int = 0,
-                weight: float = 0.3) -> ml_collections.ConfigDict:
+                weight: float = 0.3, bias_until: float = 1.0) -> ml_collections.ConfigDict:
   if balance not in BALANCE:
     raise ValueError(f"balance={balance!r}; choose one of {BALANCE}")
   return ml_collections.ConfigDict(dict(
       depth=depth, weight=weight,
       aux_weight=0.01 if balance == "aux" else 0.0,
       seq_aux_weight=1e-3 if balance == "seq" else 0.0,
-      bias_update_rate=bias_rate if balance == "aux_free" else 0.0))
+      bias_update_rate=bias_rate if balance == "aux_free" else 0.0,
+      bias_update_until=bias_until))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = base.parse_arg(arg, smoke=False, balance="aux_free", bias_rate=0.001, experts=8,
-                        top_k=2, router="sigmoid", shared=0, dense=False)
+  args = base.parse_arg(arg, smoke=False, balance="aux_free", bias_rate=0.001, bias_until=1.0,
+                        experts=8, top_k=2, router="sigmoid", shared=0, dense=False)
   c = shakespeare_char.recipe("arch=llama")
   c.model.num_kv_heads = 0
   # Equal active MLP width: (top_k + shared) experts of 344 / (top_k + shared) each.
@@ -72,7 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if args.dense:
     c.model.mlp = "swiglu"
   c.task = "moe_lm"
-  c.task_config = task_config(args.balance, args.bias_rate)
+  c.task_config = task_config(args.balance, args.bias_rate, bias_until=args.bias_until)
   c.train.num_steps = 600
   c.train.eval_every = 200
   c.train.checkpoint_every = 600

@@ -9,6 +9,7 @@ summary.json. Rows:
   dense, moe_aux_free, moe_aux, moe_none      equal active MLP params; balancing variants
   moe_aux_free_cf1, moe_aux_cf1               the same two with capacity factor 1.0 (dropping)
   moe_aux_free_g01                            aux-loss-free with gamma = 0.01
+  moe_aux_free_freeze                         aux-loss-free, bias frozen for the last 3.4%
   moe_aux_a01                                 the Switch aux loss at alpha = 0.1
   moe_aux_free_e16, moe_aux_e16               fine-grained: 16 experts of width 86, top-4
   dense_mtp                                   dense + one MTP module (lambda 0.3)
@@ -39,6 +40,8 @@ ROWS = {
     "dense": ("dense", {}, {}),
     "moe_aux_free": ("", {}, {}),
     "moe_aux_free_g01": ("bias_rate=0.01", {}, {}),
+    # DeepSeek-V3's schedule: the bias stops moving for the last 3.4% of training.
+    "moe_aux_free_freeze": ("bias_until=0.966", {}, {}),
     "moe_aux": ("balance=aux", {}, {}),
     "moe_none": ("balance=none", {}, {}),
     "moe_aux_a01": ("balance=aux", {}, {"aux_weight": 0.1}),  # aux loss 10x stronger
@@ -174,7 +177,9 @@ def table(results: dict, steps: int, bias: float) -> str:
   lines += ["", "| balancing | val loss | final max-violation (mean / worst layer) | "
                 "balance loss |", "| --- | --- | --- | --- |"]
   labels = {"moe_aux_free": f"aux-free, gamma={bias:g}",
-            "moe_aux_free_g01": "aux-free, gamma=0.01", "moe_aux": "Switch aux loss, alpha=0.01",
+            "moe_aux_free_g01": "aux-free, gamma=0.01",
+            "moe_aux_free_freeze": f"aux-free, gamma={bias:g}, frozen after 96.6% of steps",
+            "moe_aux": "Switch aux loss, alpha=0.01",
             "moe_aux_a01": "Switch aux loss, alpha=0.1", "moe_none": "none",
             "moe_aux_free_e16": f"16 experts top-4: aux-free, gamma={bias:g}",
             "moe_aux_e16": "16 experts top-4: Switch aux loss, alpha=0.01"}

@@ -37,6 +37,7 @@ def test_every_row_is_a_valid_config(name):
     assert t.bias_update_rate == 0 and t.aux_weight == (0.1 if name == "moe_aux_a01" else 0.01)
   if name.endswith("e16"):
     assert (m.moe_num_experts, m.moe_top_k, m.moe_expert_dim) == (16, 4, 86)
+  assert t.bias_update_until == (0.966 if name == "moe_aux_free_freeze" else 1.0)
 
 
 @pytest.mark.parametrize("name", ["moe_aux_free", "moe_aux_free_e16"])
@@ -55,9 +56,10 @@ def test_table_renders_every_balancing_row():
              dropped=0.0, val_mtp_loss_1=None, tokens_per_sec=1000.0, active_params=10,
              total_params=20, kv_bytes_per_token=4096, decode_tokens_per_sec=100.0)
   names = ["moe_aux_free", "moe_aux", "moe_aux_a01", "moe_none", "moe_aux_free_e16",
-           "moe_aux_e16"]
+           "moe_aux_e16", "moe_aux_free_freeze"]
   text = dt.table({n: dict(row, val_loss=1.0 + i / 10) for i, n in enumerate(names)},
                   steps=7, bias=0.001)
   for i in range(len(names)):
     assert f"| {1.0 + i / 10:.3f} |" in text
   assert "Switch aux loss, alpha=0.1" in text and "16 experts top-4" in text
+  assert "frozen after 96.6% of steps" in text

@@ -30,12 +30,18 @@ class MTPConfig:
   aux_weight: float = 0.0  # alpha of the Switch/GShard balance loss (mean over MoE layers)
   seq_aux_weight: float = 0.0  # alpha of DeepSeek-V3's sequence-wise balance loss
   bias_update_rate: float = 0.0  # gamma of the aux-loss-free bias update (paper: 0.001)
+  # The bias moves during this fraction of train.num_steps, then stays put (DeepSeek-V3:
+  # gamma 0.001 for the first 14.3T tokens of 14.8T, then 0, i.e. 0.966).
+  bias_update_until: float = 1.0
 
   def __post_init__(self):
     if self.depth < 0 or min(self.weight, self.aux_weight, self.seq_aux_weight,
                              self.bias_update_rate) < 0:
       raise UserError("task_config.depth, weight, aux_weight, seq_aux_weight and "
                       "bias_update_rate must be >= 0")
+    if not 0 <= self.bias_update_until <= 1:
+      raise UserError(f"task_config.bias_update_until={self.bias_update_until} must be a "
+                      "fraction of the train steps, in [0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +58,11 @@ def update_balance_bias(params, loads: dict, rate: float):
   return traverse_util.unflatten_dict(flat, sep="/")
 
 
-def make_balancing_multi_step(rate: float, microbatches: int = 1):
-  """Task.make_multi_step: lm.train.step's scanned step plus the bias update after each step."""
+def make_balancing_multi_step(rate: float, microbatches: int = 1, until_step: int | None = None):
+  """Task.make_multi_step: lm.train.step's scanned step plus the bias update after each step.
+
+  Updates 0 .. until_step - 1 move the bias (None: all of them); later ones leave it.
+  """
 
   def make(loss_fn, tx):
     def step(state, batch, base_rng):
@@ -61,9 +70,10 @@ def make_balancing_multi_step(rate: float, microbatches: int = 1):
       grads, metrics = accumulated_grads(functools.partial(loss_fn, with_loads=True),
                                          state.params, batch, rng, microbatches)
       loads = metrics.pop("balance_loads", {})
+      gamma = rate if until_step is None else jnp.where(state.step < until_step, rate, 0.0)
       state, metrics = apply_grads(state, grads, metrics, tx)
       if rate > 0:  # after the optimizer, outside the gradient
-        state = state.replace(params=update_balance_bias(state.params, loads, rate))
+        state = state.replace(params=update_balance_bias(state.params, loads, gamma))
       return state, metrics
 
     def multi_step(state, batches_K, base_rng):
@@ -104,6 +114,8 @@ def build(config, workdir: str):
                                           t.seq_aux_weight),
       init_params=init_params, sample=sample,
       eval_weights={f"mtp_loss_{k}": f"mtp_tokens_{k}" for k in range(1, t.depth + 1)},
-      make_multi_step=make_balancing_multi_step(t.bias_update_rate,
-                                                config.train.grad_accum_steps))
+      make_multi_step=make_balancing_multi_step(
+          t.bias_update_rate, config.train.grad_accum_steps,
+          until_step=(None if t.bias_update_until >= 1
+                      else round(t.bias_update_until * config.train.num_steps))))
   return config, task
