@@ -1,16 +1,17 @@
 """Training throughput of the real train step, with the PyTorch reference in the same run.
 
   python -m experiments.bench_train            # default + larger config
-  python -m experiments.bench_train --steps=100 --configs=default --rounds=5
+  python -m experiments.bench_train --configs=default --rounds=40
 
 For each model size it times the trainer's own pieces (grain batches -> scanned,
 donated, jitted train step): on one device in f32 and with bf16 matmul operands, and
 data-parallel over `--cpu_devices` CPU devices (lm/train/data_parallel.py, what the
 default config runs). When torch is installed (`pip install torch==2.13.0`) it also
 times the same model and optimizer in PyTorch, in f32 and under bf16 autocast.
-The implementations take turns for `--rounds` rounds, so a slow spell on a shared
-machine hits all of them; each line reports the median round, and the ratio to the
-PyTorch f32 median measured in the same run.
+The implementations take turns for `--rounds` short rounds, so a slow spell on a shared
+machine hits all of them; each line reports the median round and, against PyTorch f32,
+the median over rounds of the ratio within a round (`vs_torch_f32`): on a machine whose
+speed drifts over seconds, that paired ratio is steadier than a ratio of medians.
 """
 
 import importlib.util
@@ -34,8 +35,10 @@ from lm.train.optimizer import make_optimizer
 from lm.train.state import create_train_state
 from lm.train.step import make_multi_step
 
-_STEPS = flags.DEFINE_integer("steps", 100, "Timed optimizer steps per round (large: / 10).")
-_ROUNDS = flags.DEFINE_integer("rounds", 3, "Rounds; each implementation runs once per round.")
+_STEPS = flags.DEFINE_integer("steps", 20, "Timed optimizer steps per round (large: / 10, "
+                               "at least 10).")
+_ROUNDS = flags.DEFINE_integer("rounds", 20, "Rounds; each implementation runs once per round "
+                                "(large: / 5, at least 3).")
 _CONFIGS = flags.DEFINE_list("configs", ["default", "large"], "Which sizes to run.")
 _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 2, "CPU devices for the data-parallel rows "
                                     "(the default config's sharding.cpu_devices).")
@@ -94,14 +97,24 @@ def torch_runners(size: dict) -> dict:
           "torch bf16 autocast": torch_reference.make_runner(**kw, autocast_bf16=True)}
 
 
+def paired_ratio(ref_seconds, seconds) -> dict:
+  """Median and quartiles over rounds of ref / this, both timed in the same round."""
+  ratios = np.asarray(ref_seconds) / np.asarray(seconds)
+  q25, q50, q75 = np.percentile(ratios, [25, 50, 75])
+  return {"vs_torch_f32": round(float(q50), 2),
+          "vs_torch_f32_quartiles": [round(float(q25), 2), round(float(q75), 2)]}
+
+
 def main(argv):
   del argv
   jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
   print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, "
-        f"{len(jax.devices())} device(s); median of {_ROUNDS.value} interleaved rounds")
+        f"{len(jax.devices())} device(s); interleaved rounds")
   for name in _CONFIGS.value:
     size = SIZES[name]
-    steps = _STEPS.value if name == "default" else max(STEPS_PER_CALL, _STEPS.value // 10)
+    steps, rounds = _STEPS.value, _ROUNDS.value
+    if name != "default":  # ~40x the FLOPs per step
+      steps, rounds = max(STEPS_PER_CALL, steps // 10), max(3, rounds // 5)
     n = _CPU_DEVICES.value
     runners = {"jax f32": jax_runner(size, "float32", 1),
                "jax bf16 matmul": jax_runner(size, "bfloat16", 1),
@@ -109,10 +122,10 @@ def main(argv):
                f"jax bf16 matmul, {n}-device data parallel": jax_runner(size, "bfloat16", n),
                **torch_runners(size)}
     seconds = {label: [] for label in runners}
-    for _ in range(_ROUNDS.value):
+    for _ in range(rounds):
       for label, run in runners.items():
         seconds[label].append(run(steps) / steps)
-    ref = statistics.median(seconds["torch f32"]) if "torch f32" in seconds else None
+    ref = seconds.get("torch f32")
     for label, per_step in seconds.items():
       s = statistics.median(per_step)
       line = {"config": name, "impl": label, "ms_per_step": round(1e3 * s, 2),
@@ -121,7 +134,7 @@ def main(argv):
       if hasattr(runners[label], "compile_s"):
         line["compile_s"] = round(runners[label].compile_s, 2)
       if ref:
-        line["vs_torch_f32"] = round(ref / s, 2)
+        line.update(paired_ratio(ref, per_step))
       print(json.dumps(line), flush=True)
 
 

@@ -4,8 +4,8 @@ When every leaf of the train state is replicated and only the batch is split (th
 rules, or any rules that leave the params whole), each device can run the ordinary step
 on its rows and the devices need to meet once per step, to sum the gradients. Written
 this way, the gradients and metrics cross devices as one flat vector and the optimizer
-update runs on each device's copy. XLA's SPMD partitioner gets the same result from the plain step
-(lm/train/step.py), but on CPU host devices this explicit form is ~15% faster
+update runs on each device's copy. XLA's SPMD partitioner gets the same result from the
+plain step (lm/train/step.py), but on CPU host devices this explicit form is ~15% faster
 (`python -m experiments.bench_train`), which is what lets the default recipe use both
 cores of a small machine (`sharding.cpu_devices`).
 
@@ -37,25 +37,13 @@ def replicated_batch_axes(layout, state_shardings) -> tuple[str, ...] | None:
   return tuple(layout.rules["batch"])
 
 
-def _count_weighted(loss_fn, weights: dict):
-  """`loss_fn` with its loss multiplied by the count it is a mean over (no gradient
-  through the count): its gradient is then a sum over tokens, ready to be summed over
-  devices. The scaling rides on the backward pass's seed, so it costs nothing."""
-  count = weights.get("loss", DEFAULT_COUNT)
-
-  def weighted(params, batch, rng):
-    loss, metrics = loss_fn(params, batch, rng)
-    w = metrics[count].astype(jnp.float32) if count in metrics else jnp.float32(1.0)
-    return loss * jax.lax.stop_gradient(w), metrics
-
-  return weighted
-
-
-def _all_reduce(weighted_grads, metrics: dict, axes, weights: dict):
+def _all_reduce(grads, metrics: dict, axes, weights: dict):
   """Count-weighted means of the gradients and metrics over the devices; counts are summed.
 
   Everything crosses devices as one flat f32 vector: one all-reduce (one rendezvous) per
-  step. `weighted_grads` are the gradients of the count-weighted loss (_count_weighted).
+  step. The weighting happens per array, before the flattening, and the division per
+  array, after it, so XLA fuses each into the copy that flattening or unflattening
+  makes anyway instead of spending a pass over the whole vector on each.
   """
   counts = count_names(weights)
 
@@ -63,17 +51,16 @@ def _all_reduce(weighted_grads, metrics: dict, axes, weights: dict):
     count = weights.get(name, DEFAULT_COUNT)
     return metrics[count].astype(jnp.float32) if count in metrics else jnp.float32(1.0)
 
+  loss_weight = weight_of("loss")
   averaged = sorted(name for name in metrics if name not in counts)
-  local = {"grads": weighted_grads,
-           "loss_weight": weight_of("loss"),
+  local = {"grads": jax.tree.map(lambda g: g * loss_weight.astype(g.dtype), grads),
+           "loss_weight": loss_weight,
            "sums": {name: metrics[name] * weight_of(name) for name in averaged},
            "weights": {name: weight_of(name) for name in averaged},
            "counts": {name: metrics[name] for name in metrics if name in counts}}
   flat, unravel = ravel_pytree(local)
   total = unravel(jax.lax.psum(flat, axes))
-  # A multiply by the reciprocal (not a divide) fuses into each gradient's consumers.
-  inv_weight = 1.0 / total["loss_weight"]
-  grads = jax.tree.map(lambda g: g * inv_weight.astype(g.dtype), total["grads"])
+  grads = jax.tree.map(lambda g: g / total["loss_weight"].astype(g.dtype), total["grads"])
   reduced = dict(total["counts"])
   for name in averaged:
     reduced[name] = (total["sums"][name] / total["weights"][name]).astype(metrics[name].dtype)
@@ -89,14 +76,12 @@ def make_multi_step(loss_fn, tx, mesh, axes: tuple[str, ...], weights: dict | No
   task's `eval_weights`); a loss without a count is averaged with equal weights.
   """
   weights = dict(weights or {})
-  weighted_loss_fn = _count_weighted(loss_fn, weights)
 
   def step(state, batch, base_rng):
     device = jax.lax.axis_index(axes)
     rng = jax.random.fold_in(jax.random.fold_in(base_rng, state.step), device)
     with nn.logical_axis_rules(()):  # inside, arrays are per-device: no layout constraints
-      grads, metrics = accumulated_grads(weighted_loss_fn, state.params, batch, rng,
-                                         microbatches)
+      grads, metrics = accumulated_grads(loss_fn, state.params, batch, rng, microbatches)
     grads, metrics = _all_reduce(grads, metrics, axes, weights)
     return apply_grads(state, grads, metrics, tx)
 
