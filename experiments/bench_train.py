@@ -1,7 +1,7 @@
 """Training throughput of the real train step, with the PyTorch reference in the same run.
 
   python -m experiments.bench_train            # default + larger config
-  python -m experiments.bench_train --configs=default --rounds=40
+  python -m experiments.bench_train --configs=default --rounds=30
 
 For each model size it times the trainer's own pieces (grain batches -> scanned,
 donated, jitted train step): on one device in f32 and with bf16 matmul operands, and

@@ -4,7 +4,8 @@
 the causal-LM data, tokenizer, eval batches, sample and workdir files, with the loss of
 lm/objectives_mtp.py and a train step that, after every optimizer update, moves each MoE
 layer's `balance_bias` by +gamma for experts loaded below the mean of that step's loads and
-by -gamma above it (DeepSeek-V3's auxiliary-loss-free balancing). The bias gets a zero
+by -gamma above it (DeepSeek-V3's auxiliary-loss-free balancing), for the first
+`bias_update_until` of the steps (the paper stops it for the last 3.4%). The bias gets a zero
 gradient, so the optimizer leaves it where the update put it; it lives in the params,
 so checkpoints, evaluation and sampling all use it. val_loss is the main head's loss.
 """
