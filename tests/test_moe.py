@@ -212,13 +212,13 @@ def test_router_gradient_flows_through_gates():
   assert float(jnp.abs(g["wo"][2:]).max()) > 0
 
 
-def test_balancing_step_moves_the_bias_by_gamma_and_the_optimizer_leaves_it():
+def _imbalanced_moe_gpt():
+  """A one-layer MoE GPT whose router (scaled x100) starts far from balance, a batch, an
+  AdamW and the moe_lm loss."""
   from lm.config import OptimConfig
   from lm.models.gpt import GPT, GPTConfig
   from lm.objectives_mtp import mtp_lm_loss
-  from lm.tasks.mtp_lm import make_balancing_multi_step
   from lm.train.optimizer import make_optimizer
-  from lm.train.state import create_train_state
 
   cfg = GPTConfig(vocab_size=11, num_layers=1, num_heads=2, embed_dim=16, mlp_dim=16, max_len=8,
                   mlp="moe", moe_num_experts=4, moe_top_k=2, moe_router="sigmoid")
@@ -228,7 +228,14 @@ def test_balancing_step_moves_the_bias_by_gamma_and_the_optimizer_leaves_it():
   params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), batch["inputs"])["params"])
   params["block_0"]["moe"]["router"] = params["block_0"]["moe"]["router"] * 100  # imbalance
   tx = make_optimizer(OptimConfig(lr=1e-2, warmup_steps=0), 10)
-  loss_fn = mtp_lm_loss(model, depth=0)
+  return params, batch, tx, mtp_lm_loss(model, depth=0)
+
+
+def test_balancing_step_moves_the_bias_by_gamma_and_the_optimizer_leaves_it():
+  from lm.tasks.mtp_lm import make_balancing_multi_step
+  from lm.train.state import create_train_state
+
+  params, batch, tx, loss_fn = _imbalanced_moe_gpt()
   batches = jax.tree.map(lambda a: a[None], batch)  # one step
   gamma = 0.25
   state = create_train_state(jax.tree.map(jnp.copy, params), tx)
@@ -252,24 +259,14 @@ def test_balancing_step_moves_the_bias_by_gamma_and_the_optimizer_leaves_it():
 
 def test_balancing_bias_stops_moving_at_until_step():
   """DeepSeek-V3's schedule: updates 0 .. until_step - 1 move the bias, later ones do not."""
-  from lm.config import OptimConfig
-  from lm.models.gpt import GPT, GPTConfig
-  from lm.objectives_mtp import mtp_lm_loss
-  from lm.tasks.mtp_lm import make_balancing_multi_step
-  from lm.train.optimizer import make_optimizer
+  from lm.errors import UserError
+  from lm.tasks.mtp_lm import MoELMConfig, make_balancing_multi_step
   from lm.train.state import create_train_state
 
-  cfg = GPTConfig(vocab_size=11, num_layers=1, num_heads=2, embed_dim=16, mlp_dim=16, max_len=8,
-                  mlp="moe", moe_num_experts=4, moe_top_k=2, moe_router="sigmoid")
-  model = GPT(cfg)
-  tokens = jnp.asarray(np.random.default_rng(3).integers(0, 11, (4, 9)), jnp.int32)
-  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
-  params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), batch["inputs"])["params"])
-  params["block_0"]["moe"]["router"] = params["block_0"]["moe"]["router"] * 100  # imbalance
-  tx = make_optimizer(OptimConfig(lr=1e-2, warmup_steps=0), 10)
+  params, batch, tx, loss_fn = _imbalanced_moe_gpt()
   batches = jax.tree.map(lambda a: jnp.stack([a] * 4), batch)  # four steps
   gamma = 0.25
-  step = make_balancing_multi_step(gamma, until_step=2)(mtp_lm_loss(model, depth=0), tx)
+  step = make_balancing_multi_step(gamma, until_step=2)(loss_fn, tx)
   new, metrics = step(create_train_state(params, tx), batches, jax.random.key(0))
   loads = np.stack([np.asarray(metrics[f"load_{e}"]) for e in range(4)], axis=1)  # (step, E)
   # Only the first two steps' loads move the bias (each by gamma * sign(mean - load)).
@@ -277,8 +274,7 @@ def test_balancing_bias_stops_moving_at_until_step():
   assert np.any(np.sign(loads[2].mean() - loads[2]) != 0)  # step 2 would have moved it
   np.testing.assert_allclose(np.asarray(new.params["block_0"]["moe"]["balance_bias"]),
                              expected, atol=1e-6)
-  with pytest.raises(Exception, match="bias_update_until"):
-    from lm.tasks.mtp_lm import MoELMConfig
+  with pytest.raises(UserError, match="bias_update_until"):
     MoELMConfig(bias_update_until=1.5)
 
 
