@@ -49,16 +49,13 @@ def make_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def sharding(rules: str = "dp", data: int = -1, fsdp: int = 1, tensor: int = 1,
-             expert: int = 1, cpu_devices: int = 0,
-             cpu_processes: int = 0) -> ml_collections.ConfigDict:
+             expert: int = 1, cpu_devices: int = 0) -> ml_collections.ConfigDict:
   """The `sharding` section (lm/sharding.py): mesh sizes (-1 = the rest) and rule preset.
 
-  cpu_devices > 0 starts JAX with that many CPU devices (one per core: data parallel);
-  cpu_processes > 1 runs that many processes instead, one pinned to each core.
+  cpu_devices > 0 starts JAX with that many CPU devices (one per core: data parallel).
   """
   return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor, expert=expert,
-                                        rules=rules, overrides="", cpu_devices=cpu_devices,
-                                        cpu_processes=cpu_processes))
+                                        rules=rules, overrides="", cpu_devices=cpu_devices))
 
 
 def optim(**overrides) -> ml_collections.ConfigDict:

@@ -4,11 +4,9 @@
   python -m experiments.bench_train --configs=default --rounds=30
 
 For each model size it times the trainer's own pieces (grain batches -> scanned,
-donated, jitted train step): on one device in f32 and with bf16 matmul operands,
-data-parallel over `--cpu_devices` CPU devices in this process (lm/train/data_parallel.py),
-and data-parallel over as many processes pinned one per core, summing gradients through
-shared memory (lm/train/host_allreduce.py; what the default config runs, through
-`sharding.cpu_processes`; the workers wait on a pipe while the others run). When torch is installed (`pip install torch==2.13.0`) it also
+donated, jitted train step): on one device in f32 and with bf16 matmul operands, and
+data-parallel over `--cpu_devices` CPU devices (lm/train/data_parallel.py, what the
+default config runs). When torch is installed (`pip install torch==2.13.0`) it also
 times the same model and optimizer in PyTorch, in f32 and under bf16 autocast.
 The implementations take turns for `--rounds` short rounds, so a slow spell on a shared
 machine hits all of them; each line reports the median round and, against PyTorch f32,
@@ -16,13 +14,9 @@ the median over rounds of the ratio within a round (`vs_torch_f32`): on a machin
 speed drifts over seconds, that paired ratio is steadier than a ratio of medians.
 """
 
-import atexit
 import importlib.util
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 
 import flax.linen as nn
@@ -37,7 +31,6 @@ from lm.objectives import causal_lm_loss
 from lm.tasks.causal_lm import init_params
 from lm.train import data_parallel
 from lm.train.layout import Layout
-from lm.train import host_allreduce
 from lm.train.optimizer import make_optimizer
 from lm.train.state import create_train_state
 from lm.train.step import make_multi_step
@@ -50,8 +43,6 @@ _CONFIGS = flags.DEFINE_list("configs", ["default", "large"], "Which sizes to ru
 _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 2, "CPU devices for the data-parallel rows "
                                     "(the default config's sharding.cpu_devices).")
 _TORCH = flags.DEFINE_bool("torch", True, "Also measure the PyTorch reference if installed.")
-_WORKER = flags.DEFINE_string("worker", "", "Internal: 'rank:processes:port:prefix' of a pinned "
-                              "worker process.")
 
 SIZES = {
     # The classic small CPU recipe (configs/shakespeare_char.py).
@@ -60,14 +51,10 @@ SIZES = {
 }
 VOCAB = 65  # tiny Shakespeare's characters
 STEPS_PER_CALL = 10  # the trainer's scan length between logs
-ANSWER = "answer: "  # marks a pinned worker's replies on its stdout
 
 
-def jax_runner(size: dict, matmul_dtype: str, devices: int, host_sum=None):
-  """A compiled trainer on `devices` CPU devices (1: the plain step); `run(steps)` -> seconds.
-
-  In a multi-process run `devices` counts all processes' devices, and `host_sum`
-  (lm/train/host_allreduce.py) replaces the psum."""
+def jax_runner(size: dict, matmul_dtype: str, devices: int):
+  """A compiled trainer on `devices` CPU devices (1: the plain step); `run(steps)` -> seconds."""
   model_cfg = GPTConfig(vocab_size=VOCAB, num_layers=size["num_layers"],
                         num_heads=size["num_heads"], embed_dim=size["embed_dim"],
                         mlp_dim=4 * size["embed_dim"], max_len=size["seq_len"],
@@ -81,7 +68,7 @@ def jax_runner(size: dict, matmul_dtype: str, devices: int, host_sum=None):
   else:  # as the trainer places it (lm/train/layout.py)
     layout = Layout.from_config(ShardingConfig(rules="dp"), jax.devices("cpu")[:devices])
     multi_step = data_parallel.make_multi_step(loss_fn, tx, layout.mesh,
-                                               tuple(layout.rules["batch"]), host_sum=host_sum)
+                                               tuple(layout.rules["batch"]))
     state = jax.device_put(state, layout.replicated)
     put = lambda chunk: layout.put_batch(chunk, leading_dims=1)  # noqa: E731
   tokens = np.random.default_rng(0).integers(0, VOCAB, 200_000).astype(np.int32)
@@ -99,65 +86,6 @@ def jax_runner(size: dict, matmul_dtype: str, devices: int, host_sum=None):
   run.compile_s = run(STEPS_PER_CALL)
   run.params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
   return run
-
-
-def _worker_main(spec: str, size: dict):
-  """A pinned worker: builds its share of the pinned-process trainer, then runs the step
-  counts read from stdin, answering each with its seconds."""
-  rank, processes, port, prefix = spec.split(":")
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=int(processes),
-                             process_id=int(rank))
-  total = host_allreduce.SharedMemorySum(prefix, int(rank), int(processes))
-  run = jax_runner(size, "bfloat16", int(processes), host_sum=total)
-  # Answers are marked: gloo prints its own lines on stdout.
-  print(ANSWER + json.dumps({"compile_s": run.compile_s, "params": run.params}), flush=True)
-  for line in sys.stdin:
-    print(ANSWER + json.dumps(run(int(line))), flush=True)
-  total.close()
-
-
-def pinned_processes_runner(name: str, processes: int):
-  """`run(steps)` -> seconds of the pinned-process trainer (sharding.cpu_processes), or None
-  when this host has fewer cores than processes."""
-  from experiments.pinned_processes import cores_for
-  cores = cores_for(processes)
-  if cores is None:
-    return None
-  port, prefix = _free_port(), f"lm_bench_{os.getpid()}"
-  workers = [subprocess.Popen(
-      [sys.executable, "-m", "experiments.bench_train", f"--configs={name}",
-       f"--worker={rank}:{processes}:{port}:{prefix}"],
-      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-      preexec_fn=lambda core=core: os.sched_setaffinity(0, {core}))  # noqa: PLW1509
-      for rank, core in enumerate(cores)]
-  atexit.register(lambda: [w.kill() for w in workers])
-
-  def answer(worker):
-    while True:
-      line = worker.stdout.readline()
-      if not line:
-        raise SystemExit(f"bench_train: pinned worker failed: {' '.join(worker.args)}")
-      if line.startswith(ANSWER):
-        return json.loads(line[len(ANSWER):])
-
-  ready = [answer(w) for w in workers]
-
-  def run(steps):
-    for w in workers:
-      w.stdin.write(f"{steps}\n")
-      w.stdin.flush()
-    return max(answer(w) for w in workers)
-
-  run.compile_s = max(r["compile_s"] for r in ready)
-  return run
-
-
-def _free_port() -> int:
-  import socket
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def torch_runners(size: dict) -> dict:
@@ -179,9 +107,6 @@ def paired_ratio(ref_seconds, seconds) -> dict:
 
 def main(argv):
   del argv
-  if _WORKER.value:
-    _worker_main(_WORKER.value, SIZES[_CONFIGS.value[0]])
-    return
   jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
   print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, "
         f"{len(jax.devices())} device(s); interleaved rounds")
@@ -195,9 +120,7 @@ def main(argv):
                "jax bf16 matmul": jax_runner(size, "bfloat16", 1),
                f"jax f32, {n}-device data parallel": jax_runner(size, "float32", n),
                f"jax bf16 matmul, {n}-device data parallel": jax_runner(size, "bfloat16", n),
-               f"jax bf16 matmul, {n} pinned processes": pinned_processes_runner(name, n),
                **torch_runners(size)}
-    runners = {label: run for label, run in runners.items() if run is not None}
     seconds = {label: [] for label in runners}
     for _ in range(rounds):
       for label, run in runners.items():

@@ -137,6 +137,11 @@ def _main(argv):
   workdir = _WORKDIR.value
   if _MODE.value == "train":
     values = _config_values()
+    if not _JOINED_MULTI_PROCESS:  # one process: JAX may start with several CPU devices
+      from lm.sharding import start_cpu_devices
+      note = start_cpu_devices(values.get("sharding", {}).get("cpu_devices", 0))
+      if note:
+        print(f"note: {note}", file=sys.stderr)
     from lm.workdir import ensure_writable
     ensure_writable(workdir)
     module = _experiment(values.get("kind", "train_lm"))
@@ -145,23 +150,7 @@ def _main(argv):
     parse = getattr(module, "parse_config", None)
     if parse is None:
       from lm.config import from_dict as parse
-    config = parse(values)  # bad configs fail here, before any process is started
-    if not _JOINED_MULTI_PROCESS:  # one process: JAX may start with several CPU devices
-      cpu_devices = values.get("sharding", {}).get("cpu_devices", 0)
-      processes = values.get("sharding", {}).get("cpu_processes", 0)
-      if processes > 1:
-        from experiments import pinned_processes
-        cores = pinned_processes.cores_for(processes)
-        if cores is not None:  # one pinned process per core runs the training instead
-          sys.exit(pinned_processes.run(sys.argv, cores))
-        print(f"note: sharding.cpu_processes={processes} needs {processes} cores; running "
-              f"one process with {processes} CPU devices (the same math)", file=sys.stderr)
-        cpu_devices = processes
-      from lm.sharding import start_cpu_devices
-      note = start_cpu_devices(cpu_devices)
-      if note:
-        print(f"note: {note}", file=sys.stderr)
-    module.run(config, workdir)
+    module.run(parse(values), workdir)
   elif _MODE.value == "sample":
     from experiments.sample import sample
     sample(workdir, prompt=_PROMPT.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,

@@ -125,18 +125,12 @@ class ShardingConfig:
   # > 0: the runner starts JAX with this many CPU devices (jax_num_cpu_devices), e.g. one
   # per core so a CPU run is data-parallel across cores; 0: as JAX starts by itself.
   cpu_devices: int = 0
-  # > 1: the runner starts this many processes on this host, each pinned to its own core
-  # with one CPU device, summing gradients through shared memory (lm/train/host_allreduce.py);
-  # the same math as cpu_devices of that count, which is what runs on a host with fewer cores.
-  cpu_processes: int = 0
 
   def __post_init__(self):
     from lm.sharding import make_rules
     make_rules(self.rules, self.overrides)  # raises on unknown presets, names and axes
     if self.cpu_devices < 0:
       raise ValueError(f"sharding.cpu_devices={self.cpu_devices} must be >= 0")
-    if not 0 <= self.cpu_processes <= 64:
-      raise ValueError(f"sharding.cpu_processes={self.cpu_processes} must be in [0, 64]")
 
   @property
   def mesh(self):

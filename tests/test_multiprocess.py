@@ -1,5 +1,4 @@
-"""Two processes on localhost (gloo collectives on CPU) train exactly like one process; so do
-the pinned processes the runner starts itself for `sharding.cpu_processes`.
+"""Two processes on localhost (gloo collectives on CPU) train exactly like one process.
 
 Each process owns one CPU device; together they form a 2-device data-parallel mesh and
 each feeds its half of the global batch. The reference is a single-process run of the
@@ -124,40 +123,3 @@ def test_a_process_with_a_user_error_exits_and_so_does_its_peer(tmp_path):
     for p in procs:
       if p.poll() is None:
         p.kill()
-
-
-def test_cpu_processes_is_one_command_matching_in_process_devices(tmp_path):
-  """sharding.cpu_processes=2: the runner starts the two pinned processes itself (shared-memory
-  gradient sum, lm/train/host_allreduce.py) and trains as two devices in one process do."""
-  pinned = subprocess.run(_cmd(tmp_path / "pinned", "--config.sharding.cpu_processes=2"),
-                          cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
-  assert pinned.returncode == 0, pinned.stderr[-2000:]
-  ref = subprocess.run(_cmd(tmp_path / "devices", "--config.sharding.cpu_devices=2"),
-                       cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
-  assert ref.returncode == 0, ref.stderr[-2000:]
-  multi, single = _metrics(tmp_path / "pinned"), _metrics(tmp_path / "devices")
-  assert [m["step"] for m in multi] == [m["step"] for m in single] == [2, 4, 6]
-  for key in ("train_loss", "grad_norm"):
-    np.testing.assert_allclose([m[key] for m in multi], [m[key] for m in single], rtol=1e-5)
-  np.testing.assert_allclose(multi[-1]["val_loss"], single[-1]["val_loss"], rtol=1e-5)
-  summary = json.loads((tmp_path / "pinned" / "summary.json").read_text())
-  assert summary["steps"] == 6 and summary["devices"] == 2
-  assert (tmp_path / "pinned" / "checkpoints" / "6").is_dir()
-
-
-def test_cpu_processes_on_one_core_runs_in_one_process(tmp_path):
-  result = subprocess.run(_cmd(tmp_path / "w", "--config.sharding.cpu_processes=2"),
-                          cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300,
-                          preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}))
-  assert result.returncode == 0, result.stderr[-2000:]
-  assert "sharding.cpu_processes=2 needs 2 cores" in result.stderr
-  assert json.loads((tmp_path / "w" / "summary.json").read_text())["devices"] == 2
-
-
-def test_cpu_processes_bad_corpus_is_one_error_line(tmp_path):
-  result = subprocess.run(_cmd(tmp_path / "w", "--config.sharding.cpu_processes=2",
-                               f"--config.data.path={tmp_path / 'missing.txt'}"),
-                          cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
-  assert result.returncode == 2, result.stderr[-2000:]
-  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-  assert len(errors) == 1 and "missing.txt" in errors[0], result.stderr[-2000:]

@@ -37,7 +37,7 @@ def replicated_batch_axes(layout, state_shardings) -> tuple[str, ...] | None:
   return tuple(layout.rules["batch"])
 
 
-def _all_reduce(grads, metrics: dict, weights: dict, sum_over_devices):
+def _all_reduce(grads, metrics: dict, axes, weights: dict):
   """Count-weighted means of the gradients and metrics over the devices; counts are summed.
 
   Everything crosses devices as one flat f32 vector: one all-reduce (one rendezvous) per
@@ -59,7 +59,7 @@ def _all_reduce(grads, metrics: dict, weights: dict, sum_over_devices):
            "weights": {name: weight_of(name) for name in averaged},
            "counts": {name: metrics[name] for name in metrics if name in counts}}
   flat, unravel = ravel_pytree(local)
-  total = unravel(sum_over_devices(flat))
+  total = unravel(jax.lax.psum(flat, axes))
   grads = jax.tree.map(lambda g: g / total["loss_weight"].astype(g.dtype), total["grads"])
   reduced = dict(total["counts"])
   for name in averaged:
@@ -68,25 +68,21 @@ def _all_reduce(grads, metrics: dict, weights: dict, sum_over_devices):
 
 
 def make_multi_step(loss_fn, tx, mesh, axes: tuple[str, ...], weights: dict | None = None,
-                    microbatches: int = 1, host_sum=None):
+                    microbatches: int = 1):
   """jit(shard_map(scan(step))) over a stack of K batches split along `axes`; the state
   (replicated on every device) is donated. Same interface as lm.train.step.make_multi_step.
 
   `weights` maps a metric to the count it is a mean over (default `num_tokens`; the
   task's `eval_weights`); a loss without a count is averaged with equal weights.
-  `host_sum` (a lm.train.host_allreduce.SharedMemorySum): the processes of one host, one
-  device each, sum through shared memory instead of a psum (`sharding.cpu_processes`).
   """
   weights = dict(weights or {})
-  sum_over_devices = (host_sum.reduce if host_sum is not None
-                      else lambda flat: jax.lax.psum(flat, axes))
 
   def step(state, batch, base_rng):
     device = jax.lax.axis_index(axes)
     rng = jax.random.fold_in(jax.random.fold_in(base_rng, state.step), device)
     with nn.logical_axis_rules(()):  # inside, arrays are per-device: no layout constraints
       grads, metrics = accumulated_grads(loss_fn, state.params, batch, rng, microbatches)
-    grads, metrics = _all_reduce(grads, metrics, weights, sum_over_devices)
+    grads, metrics = _all_reduce(grads, metrics, axes, weights)
     return apply_grads(state, grads, metrics, tx)
 
   def multi_step(state, batches_K, base_rng):

@@ -21,7 +21,7 @@ from lm.data.pipeline import next_chunk
 from lm.errors import UserError
 from lm.models.registry import build_model
 from lm.tasks import build_task
-from lm.train import data_parallel, host_allreduce, mfu
+from lm.train import data_parallel, mfu
 from lm.train.checkpoint import Checkpointer
 from lm.train.ema import find_ema
 from lm.train.layout import Layout
@@ -149,10 +149,8 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
   if task.make_multi_step is not None:
     multi_step = task.make_multi_step(loss_fn, tx)
   elif dp_axes:  # params whole on every device: one all-reduce per step (data_parallel.py)
-    # One pinned process per core (sharding.cpu_processes): sum through shared memory.
-    host_sum = host_allreduce.from_environment() if jax.process_count() > 1 else None
     multi_step = data_parallel.make_multi_step(loss_fn, tx, layout.mesh, dp_axes,
-                                               task.eval_weights, accum, host_sum)
+                                               task.eval_weights, accum)
   else:
     multi_step = make_multi_step(loss_fn, tx, state_shardings, accum)
   eval_step = make_eval_step(loss_fn, task.eval_weights)
