@@ -72,6 +72,14 @@ def _next_boundary(step: int, t: config_lib.TrainConfig) -> int:
   return min(candidates)
 
 
+def _fetch(data_iter, step: int, t: config_lib.TrainConfig):
+  """The batches of the call that starts at `step`, and the data position after them
+  (what a checkpoint taken at the end of that call must record)."""
+  num = _next_boundary(step, t) - step
+  chunk = next_chunk(data_iter, num)
+  return num, chunk, data_iter.get_state()
+
+
 def _read_json(path: str) -> dict:
   if not os.path.exists(path):
     return {}
@@ -191,12 +199,15 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
                   dynamic_ncols=True, mininterval=0.5,
                   disable=not sys.stderr.isatty())  # keep logs and CI output clean
   try:
+    pending = _fetch(data_iter, step, t) if step < t.num_steps else None
     while step < t.num_steps:
-      num = _next_boundary(step, t) - step
+      num, chunk, data_state = pending
       call_start = time.perf_counter()
-      batches = layout.put_batch(next_chunk(data_iter, num), leading_dims=1)
+      batches = layout.put_batch(chunk, leading_dims=1)
       with layout.context():
         state, metrics = multi_step(state, batches, base_rng)
+      # The host reads the next chunk while the devices run this one (dispatch is async).
+      pending = _fetch(data_iter, step + num, t) if step + num < t.num_steps else None
       losses = np.asarray(metrics["loss"])  # also waits for the device
       meter.add(num, time.perf_counter() - call_start)
       spikes_before = len(monitor.spikes)
@@ -230,7 +241,7 @@ def train(config: config_lib.ExperimentConfig, workdir: str) -> dict:
         if writer is not None:
           writer.write(step, record)
       if step % t.checkpoint_every == 0 or done:
-        checkpointer.save(step, state, data_iter.get_state(), metrics={**last_eval, **record})
+        checkpointer.save(step, state, data_state, metrics={**last_eval, **record})
         last_good_step = step
   finally:
     progress.close()
