@@ -9,7 +9,7 @@ Each example is {"inputs": x[s:s+T], "targets": x[s+1:s+T+1]}.
 
 The iterators read in the calling thread (`IN_THREAD`): a batch is one vectorised gather,
 and the trainer fetches the next chunk while the devices run the current one, so grain's
-prefetch threads would only compete with the devices for the cores (4% of the default
+prefetch threads would only compete with the devices for the cores (~5% of the default
 recipe's step on 2 cores; README, "Training throughput").
 """
 
