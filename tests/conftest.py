@@ -25,5 +25,5 @@ def pytest_configure(config):
   # slow-marked runs are left out. The last bits of a result may differ from an optimised
   # build, so tests compare with tolerances or two runs of one program. Runs before any
   # test module imports jax, which reads XLA_FLAGS when its backend starts.
-  if config.getoption("markexpr") == "not slow":
+  if config.getoption("markexpr") == "not slow":  # pytest.ini's default selection
     _add_xla_flags("--xla_backend_optimization_level=0")
